@@ -1,0 +1,30 @@
+"""Test configuration: float64 for numerical tests and four simulated CPU devices.
+
+Both settings must be applied before JAX initialises its backend, so they live
+at import time of this file, which pytest loads before any test module.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+try:  # the modern spelling; the XLA flag above covers older versions
+    jax.config.update("jax_num_cpu_devices", 4)
+except (AttributeError, RuntimeError):  # pragma: no cover
+    pass
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def getkey():
+    """Hands out a fresh PRNG key on each call, deterministically per test."""
+    counter = iter(range(10**6))
+
+    def _getkey():
+        return jax.random.key(next(counter))
+
+    return _getkey
