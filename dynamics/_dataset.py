@@ -213,11 +213,11 @@ def make_dataset(
     for name, n, lo in (("n_train", n_train, 1), ("n_val", n_val, 0), ("n_test", n_test, 1)):
         if not isinstance(n, (int, np.integer)) or n < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {n!r}")
-    dt = float(v.scalar("dt", dt, positive=True))
-    t_train = float(v.scalar("t_train", t_train, positive=True))
-    t_end = float(v.scalar("t_end", t_end, positive=True))
-    noise = float(v.scalar("noise", noise, nonnegative=True))
-    ood_scale = float(v.scalar("ood_scale", ood_scale, positive=True))
+    # validated, then kept as Python floats (float32 would spoil `t_train / dt`)
+    v.scalar("dt", dt, positive=True), v.scalar("t_train", t_train, positive=True)
+    v.scalar("t_end", t_end, positive=True), v.scalar("noise", noise, nonnegative=True)
+    v.scalar("ood_scale", ood_scale, positive=True)
+    dt, t_train, t_end, noise, ood_scale = map(float, (dt, t_train, t_end, noise, ood_scale))
     if not t_end >= t_train:
         raise ValueError(f"t_end must be >= t_train, got t_end={t_end!r} < t_train={t_train!r}")
     n_tr = round(t_train / dt)

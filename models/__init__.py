@@ -1,0 +1,10 @@
+"""Learners of coupled-oscillator dynamics: black boxes, structured models and
+constraint-imposing networks, one training loop for all, and tools to look inside."""
+
+from ._base import AbstractModel as AbstractModel, ODEModel as ODEModel
+from .hnn import DissipativeHNN as DissipativeHNN, HNN as HNN
+from .lnn import LNN as LNN
+from .lstm import LSTM as LSTM
+from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE
+from .oscillators import OscillatorModel as OscillatorModel
+from .train import TrainingDiverged as TrainingDiverged, fit as fit, fit_ensemble as fit_ensemble

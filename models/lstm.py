@@ -1,0 +1,164 @@
+"""An autoregressive LSTM: the black box of the motivating experiment."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from ._base import AbstractModel
+from ._common import check_state_dim
+
+
+def _lstm_layer(w_x, w_h, b, xs, h0, c0):
+    """One LSTM layer over a sequence; gate order (i, f, g, o).
+
+    `i, f, o = sigmoid(.)`, `g = tanh(.)`, `c_t = f c_{t-1} + i g`, `h_t = o tanh(c_t)`.
+    The input projection `xs @ w_x + b` is computed for all steps at once,
+    outside the recurrence; only `h @ w_h` stays in the scan.
+    """
+    pre = xs @ w_x + b
+    hdim = w_h.shape[0]
+
+    def step(carry, z):
+        h, c = carry
+        z = z + h @ w_h
+        i = jax.nn.sigmoid(z[..., :hdim])
+        f = jax.nn.sigmoid(z[..., hdim : 2 * hdim])
+        g = jnp.tanh(z[..., 2 * hdim : 3 * hdim])
+        o = jax.nn.sigmoid(z[..., 3 * hdim :])
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), h
+
+    (h, c), hs = jax.lax.scan(step, (h0, c0), pre)
+    return hs, (h, c)
+
+
+class LSTM(AbstractModel):
+    r"""Autoregressive LSTM over normalised states `z = (y - m) / s`.
+
+    `layers` stacked LSTM layers of `hidden` units (gate order i, f, g, o;
+    forget-gate bias initialised to 1) and a linear readout predict the next
+    state residually: `z_{t+1} = z_t + W_out h_t + b_out`.
+
+    - `lstm(xs)` with `xs` of shape `(T, state_dim)` returns the teacher-forced
+      next-step predictions, shape `(T, state_dim)`.
+    - `forecast(context, n_steps)` warms up on the context, then feeds its own
+      predictions back.
+
+    Objective: teacher forcing (next-step mean squared error over whole
+    training trajectories) plus rollout fine-tuning: after a teacher-forced
+    warm-up of `warmup` steps, `rollout` free-running steps are compared with
+    the data. Both terms are in normalised units and weighted equally.
+    """
+
+    min_context = 1
+
+    def __init__(self, state_dim: int, *, hidden: int = 64, layers: int = 1, warmup: int = 20,
+                 rollout: int = 40, rngs: nnx.Rngs):
+        check_state_dim(state_dim)
+        if hidden < 1 or layers < 1:
+            raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
+        super().__init__(state_dim)
+        self.hidden, self.layers = int(hidden), int(layers)
+        self.warmup, self.rollout = int(warmup), int(rollout)
+        init = jax.nn.initializers.glorot_uniform()
+        ws_x, ws_h, bs = [], [], []
+        d_in = state_dim
+        for _ in range(layers):
+            ws_x.append(nnx.Param(init(rngs.params(), (d_in, 4 * hidden))))
+            ws_h.append(nnx.Param(jax.nn.initializers.orthogonal()(rngs.params(), (hidden, 4 * hidden))))
+            bs.append(nnx.Param(jnp.zeros(4 * hidden).at[hidden : 2 * hidden].set(1.0)))
+            d_in = hidden
+        self.w_x, self.w_h, self.b = nnx.List(ws_x), nnx.List(ws_h), nnx.List(bs)
+        self.w_out = nnx.Param(jnp.zeros((hidden, state_dim)))
+        self.b_out = nnx.Param(jnp.zeros(state_dim))
+
+    # ----------------------------------------------------------------- core
+    def _zeros(self, batch_shape=()):
+        z = jnp.zeros((*batch_shape, self.hidden), self.w_out.value.dtype)
+        return [(z, z) for _ in range(self.layers)]
+
+    def _run(self, zs, state):
+        """Runs the stack over normalised inputs `zs (T, d)`; returns hidden states of the
+        top layer `(T, hidden)`, the next-step predictions `(T, d)` and the final state."""
+        x = zs
+        new_state = []
+        for l in range(self.layers):
+            x, s = _lstm_layer(self.w_x[l].value, self.w_h[l].value, self.b[l].value, x, *state[l])
+            new_state.append(s)
+        return x, zs + x @ self.w_out.value + self.b_out.value, new_state
+
+    def _norm(self, y):
+        return (y - self.mean.value) / self.std.value
+
+    def _denorm(self, z):
+        return z * self.std.value + self.mean.value
+
+    def __call__(self, xs: Float[Array, "T d"]) -> Float[Array, "T d"]:
+        _, pred, _ = self._run(self._norm(xs), self._zeros())
+        return self._denorm(pred)
+
+    def hidden_states(self, xs: Float[Array, "T d"]) -> Float[Array, "T hidden"]:
+        """Top-layer hidden states `h_t` while reading `xs` (teacher-forced)."""
+        hs, _, _ = self._run(self._norm(xs), self._zeros())
+        return hs
+
+    def _free_run(self, z_last, state, n_steps):
+        """Feeds predictions back for `n_steps`, starting from the prediction `z_last`."""
+
+        def step(carry, _):
+            z, st = carry
+            hs, pred, st = self._run(z[None], st)
+            return (pred[0], st), (z, hs[0])
+
+        (_, _), (zs, hs) = jax.lax.scan(step, (z_last, state), None, length=n_steps)
+        return zs, hs
+
+    def forecast(self, context: Float[Array, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
+        context = self._check_forecast(context, n_steps)
+        _, pred, state = self._run(self._norm(context), self._zeros())
+        zs, _ = self._free_run(pred[-1], state, int(n_steps))
+        return self._denorm(zs)
+
+    def forecast_hidden(self, context, n_steps: int):
+        """Like `forecast`, but also returns the top-layer hidden states `(n_steps, hidden)`
+        produced while reading each forecast step back in."""
+        context = self._check_forecast(context, n_steps)
+        _, pred, state = self._run(self._norm(context), self._zeros())
+        zs, hs = self._free_run(pred[-1], state, int(n_steps))
+        return self._denorm(zs), hs
+
+    def lrp_params(self) -> dict:
+        """The parameters in the layout of `models.attribution.lstm_lrp` (normalised units;
+        the readout explains the residual `z_{t+1} - z_t`)."""
+        return {
+            "layers": [
+                {"w_x": self.w_x[l].value, "w_h": self.w_h[l].value, "b": self.b[l].value}
+                for l in range(self.layers)
+            ],
+            "w_out": self.w_out.value,
+            "b_out": self.b_out.value,
+        }
+
+    # ------------------------------------------------------------ training
+    def window_length(self, n_train_steps: int) -> int:
+        return n_train_steps
+
+    def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        zs = self._norm(windows)
+
+        def one(z):
+            _, pred, _ = self._run(z[:-1], self._zeros())
+            tf = jnp.mean((pred - z[1:]) ** 2)
+            w = min(self.warmup, z.shape[0] - 2)
+            r = min(self.rollout, z.shape[0] - 1 - w)
+            if r < 1:
+                return tf
+            _, pw, st = self._run(z[:w], self._zeros())
+            free, _ = self._free_run(pw[-1], st, r)
+            return tf + jnp.mean((free - z[w : w + r]) ** 2)
+
+        return jnp.mean(jax.vmap(one)(zs))

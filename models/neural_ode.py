@@ -1,0 +1,51 @@
+"""Black-box neural ODEs: first order and second order."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ._base import ODEModel
+from ._common import MLP, check_state_dim
+
+
+class NeuralODE(ODEModel):
+    r"""A black-box vector field `y' = s * f((y - m) / s)` with `f` an MLP (tanh).
+
+    `m`, `s` are the per-coordinate mean and standard deviation of the
+    training data. Trained by trajectory matching over short windows (see
+    `ODEModel`). Knows nothing of the physics.
+    """
+
+    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
+                 objective: str = "trajectory", rngs: nnx.Rngs):
+        check_state_dim(state_dim)
+        super().__init__(state_dim, window=window, objective=objective)
+        self.net = MLP(state_dim, state_dim, width=width, depth=depth, rngs=rngs)
+
+    def field(self, y):
+        return self.std.value * self.net((y - self.mean.value) / self.std.value)
+
+
+class SecondOrderNODE(ODEModel):
+    r"""Second-order structure: `q' = p`, `p' = f(q, p)` with `f` an MLP.
+
+    The kinematic identity `q' = p` is built in; only the accelerations are
+    learned. Gruver et al. (2022) found that this structure, not the
+    symplectic one, explains most of the HNN's gains. Needs a canonical
+    `(q, p)` state.
+    """
+
+    needs_canonical = True
+
+    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
+                 objective: str = "trajectory", rngs: nnx.Rngs):
+        check_state_dim(state_dim, even=True, who="SecondOrderNODE")
+        super().__init__(state_dim, window=window, objective=objective)
+        self.n = state_dim // 2
+        self.net = MLP(state_dim, self.n, width=width, depth=depth, rngs=rngs)
+
+    def field(self, y):
+        p = y[self.n:]
+        acc = self.std.value[self.n:] * self.net((y - self.mean.value) / self.std.value)
+        return jnp.concatenate([p, acc])
