@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,16 +45,28 @@ def check_state_dim(state_dim: int, *, even: bool = False, who: str = "model") -
 
 def integrate(field: Callable, y0: Float[Array, " d"], n_steps: int, dt: float, *, substeps: int = 1
               ) -> Float[Array, "n_steps d"]:
-    """Integrates `y' = field(y)` from `y0` with Tsit5 on a fixed grid; returns the states at
-    `dt, 2 dt, ..., n_steps dt` (not `y0`)."""
-    term = diffrax.ODETerm(lambda t, y, args: field(y))
-    ts = dt * jnp.arange(1, n_steps + 1, dtype=y0.dtype)
-    sol = diffrax.diffeqsolve(
-        term, diffrax.Tsit5(), t0=0.0, t1=ts[-1], dt0=dt / substeps, y0=y0,
-        saveat=diffrax.SaveAt(ts=ts), stepsize_controller=diffrax.ConstantStepSize(),
-        max_steps=n_steps * substeps + 1,
-    )
-    return sol.ys
+    """Integrates `y' = field(y)` from `y0` with the classical fourth-order Runge-Kutta method
+    on a fixed grid (`substeps` steps per `dt`); returns the states at `dt, ..., n_steps dt`.
+
+    The models train on a fixed grid, so an adaptive solver buys nothing here,
+    and a plain `lax.scan` compiles an order of magnitude faster than
+    `diffrax.diffeqsolve` under `grad` (0.65 s against 8.8 s for a small field
+    on a 2-core CPU). The simulator (`dynamics.simulate`) uses diffrax.
+    """
+    h = dt / substeps
+
+    def rk4(y, _):
+        k1 = field(y)
+        k2 = field(y + 0.5 * h * k1)
+        k3 = field(y + 0.5 * h * k2)
+        k4 = field(y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4), None
+
+    def step(y, _):
+        y, _ = jax.lax.scan(rk4, y, None, length=substeps)
+        return y, y
+
+    return jax.lax.scan(step, y0, None, length=n_steps)[1]
 
 
 def data_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

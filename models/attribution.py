@@ -157,43 +157,63 @@ def _safe_div(a: Array, b: Array) -> Array:
     return jnp.where(zero, 0.0, a / jnp.where(zero, 1.0, b))
 
 
-def _chunked_reduce(g: Callable, points: Any, *, chunk_size: int, op: str = "sum") -> Any:
-    """`sum_k g(points[k])` (or the elementwise max) in chunks of `chunk_size` points.
-
-    `points` is a pytree whose leaves share a leading axis of static length
-    `N`. Inside a chunk the points are `jax.vmap`ped; chunks are visited by
-    `jax.lax.scan`. The last chunk is padded with copies of the first point
-    (so padded evaluations stay finite) whose results are masked out.
-    """
+def _chunks(points: Any, chunk_size: int):
+    """Splits the leading axis (static length `N`) of every leaf of `points` into
+    `m` chunks of `c` points, padding the last chunk with copies of the first
+    point (so padded evaluations stay finite). Returns the chunks, a validity
+    mask of shape `(m, c)`, and `N`."""
     n = jax.tree.leaves(points)[0].shape[0]
     c = max(1, min(int(chunk_size), n))
     m = -(-n // c)
     pad = m * c - n
 
-    def _pad(a):
+    def split(a):
         if pad:
             a = jnp.concatenate([a, jnp.repeat(a[:1], pad, axis=0)], axis=0)
         return a.reshape(m, c, *a.shape[1:])
 
-    chunks = jax.tree.map(_pad, points)
-    valid = (jnp.arange(m * c) < n).reshape(m, c)
-    out_struct = jax.eval_shape(g, jax.tree.map(lambda a: a[0], points))
-    fill = 0.0 if op == "sum" else -jnp.inf
-    init = jax.tree.map(lambda s: jnp.full(s.shape, fill, s.dtype), out_struct)
+    return jax.tree.map(split, points), (np.arange(m * c) < n).reshape(m, c), n
 
-    def body(acc, inp):
-        pts, ok = inp
+
+def _chunked_reduce(g: Callable, points: Any, *, chunk_size: int) -> Any:
+    """`sum_k g(points[k])` over the leading axis of `points`, `chunk_size` points at a time.
+
+    Inside a chunk the points are `jax.vmap`ped; chunks are visited by
+    `jax.lax.scan`, so memory grows with `chunk_size`, not with the number of
+    points. Padded evaluations are masked out of the sum.
+    """
+    chunks, valid, _ = _chunks(points, chunk_size)
+
+    def chunk_sum(pts, ok):
         out = jax.vmap(g)(pts)
 
-        def reduce(a, o):
-            okb = ok.reshape(ok.shape + (1,) * (o.ndim - 1))
-            o = jnp.where(okb, o, fill)
-            return a + o.sum(0) if op == "sum" else jnp.maximum(a, o.max(0))
+        def masked(o):
+            okb = jnp.asarray(ok).reshape(ok.shape + (1,) * (o.ndim - 1))
+            return jnp.where(okb, o, 0).sum(0)
 
-        return jax.tree.map(reduce, acc, out), None
+        return jax.tree.map(masked, out)
 
-    acc, _ = jax.lax.scan(body, init, (chunks, valid))
+    if valid.shape[0] == 1:
+        return chunk_sum(jax.tree.map(lambda a: a[0], chunks), valid[0])
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(g, jax.tree.map(lambda a: a[0, 0], chunks)))
+
+    def body(acc, inp):
+        return jax.tree.map(jnp.add, acc, chunk_sum(*inp)), None
+
+    acc, _ = jax.lax.scan(body, init, (chunks, jnp.asarray(valid)))
     return acc
+
+
+def _chunked_map(g: Callable, points: Any, *, chunk_size: int) -> Any:
+    """`stack_k g(points[k])`, evaluated `chunk_size` points at a time (`vmap` inside
+    a chunk, `lax.scan` over chunks). For small outputs (scalars per point)."""
+    chunks, valid, n = _chunks(points, chunk_size)
+    if valid.shape[0] == 1:
+        out = jax.vmap(g)(jax.tree.map(lambda a: a[0], chunks))
+    else:
+        _, out = jax.lax.scan(lambda carry, pts: (carry, jax.vmap(g)(pts)), None, chunks)
+        out = jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
+    return jax.tree.map(lambda o: o[:n], out)
 
 
 # --------------------------------------------------------------------------- #
@@ -281,22 +301,26 @@ def quadrature(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     return _quadrature(method, steps)
 
 
-def _ig_and_baseline(fn, x, baseline, steps, method, chunk_size):
+def _ig_and_delta(fn, x, baseline, steps, method, chunk_size):
     x = _as_float("x", x)
     _check_scalar_fn(fn, x)
     b = _baseline(x, baseline)
     alphas, weights = quadrature(method, steps)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1)
     grad = jax.grad(fn)
-    delta = x - b
 
-    def weighted_grad(p):
-        a, w = p
-        return w * grad(b + a * delta)
+    @jax.jit
+    def run(x, b, alphas, weights):
+        delta = x - b
 
-    points = (jnp.asarray(alphas, x.dtype), jnp.asarray(weights, x.dtype))
-    avg_grad = _chunked_reduce(weighted_grad, points, chunk_size=chunk_size)
-    return delta * avg_grad, b
+        def weighted_grad(p):
+            a, w = p
+            return w * grad(b + a * delta)
+
+        attr = delta * _chunked_reduce(weighted_grad, (alphas, weights), chunk_size=chunk_size)
+        return attr, jnp.sum(attr) - (fn(x) - fn(b))
+
+    return run(x, b, jnp.asarray(alphas, x.dtype), jnp.asarray(weights, x.dtype))
 
 
 def integrated_gradients(
@@ -326,7 +350,7 @@ def integrated_gradients(
     - `chunk_size`: path points evaluated at once (`vmap` within a chunk,
       `lax.scan` over chunks); memory is bounded by `chunk_size`, not `steps`.
     """
-    attr, _ = _ig_and_baseline(fn, x, baseline, steps, method, chunk_size)
+    attr, _ = _ig_and_delta(fn, x, baseline, steps, method, chunk_size)
     return attr
 
 
@@ -362,9 +386,7 @@ def integrated_gradients_with_delta(
     for the midpoint and trapezoid rules on smooth `fn`, faster for
     Gauss-Legendre). Kinks of ReLU networks along the path slow all rules down.
     """
-    attr, b = _ig_and_baseline(fn, x, baseline, steps, method, chunk_size)
-    delta = jnp.sum(attr) - (fn(_as_float("x", x)) - fn(b))
-    return attr, delta
+    return _ig_and_delta(fn, x, baseline, steps, method, chunk_size)
 
 
 # --------------------------------------------------------------------------- #
@@ -372,15 +394,24 @@ def integrated_gradients_with_delta(
 # --------------------------------------------------------------------------- #
 
 
-def _noise_grads(fn, x, key, n, sigma, chunk_size, *, squares: bool, shift):
+def _normal_noise(key, n, x, sigma):
+    """`n` draws of `N(0, sigma^2 I)` shaped like `x`, generated up front.
+
+    One call to `jax.random.normal` for all draws: its compiled kernel is
+    cached per shape, and the result does not depend on `chunk_size`. It holds
+    `n * x.size` numbers, the same as the input batch Captum would build.
+    """
+    return sigma * jax.random.normal(key, (n, *x.shape), x.dtype)
+
+
+def _sum_noise_grads(fn, x, eps, shift, chunk_size, *, squares: bool):
     grad = jax.grad(fn)
 
-    def one(i):
-        eps = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        g = grad(x + sigma * eps) - shift
+    def one(e):
+        g = grad(x + e) - shift
         return (g, g * g) if squares else g
 
-    return _chunked_reduce(one, jnp.arange(n), chunk_size=chunk_size)
+    return _chunked_reduce(one, eps, chunk_size=chunk_size)
 
 
 def _check_noise_args(fn, x, n, sigma, chunk_size):
@@ -407,8 +438,9 @@ def smoothgrad(
     `stdevs`), not a fraction of the input range. `sigma = 0` gives `saliency`.
     """
     x, n, chunk_size = _check_noise_args(fn, x, n, sigma, chunk_size)
-    total = _noise_grads(fn, x, key, n, sigma, chunk_size, squares=False, shift=0.0)
-    return total / n
+    eps = _normal_noise(key, n, x, sigma)
+    run = jax.jit(lambda x, eps: _sum_noise_grads(fn, x, eps, 0.0, chunk_size, squares=False) / n)
+    return run(x, eps)
 
 
 def vargrad(
@@ -428,10 +460,15 @@ def vargrad(
     cancellation. `sigma = 0` gives zeros.
     """
     x, n, chunk_size = _check_noise_args(fn, x, n, sigma, chunk_size)
-    shift = jax.grad(fn)(x)
-    s1, s2 = _noise_grads(fn, x, key, n, sigma, chunk_size, squares=True, shift=shift)
-    mean = s1 / n
-    return jnp.maximum(s2 / n - mean * mean, 0.0)
+    eps = _normal_noise(key, n, x, sigma)
+
+    @jax.jit
+    def run(x, eps):
+        s1, s2 = _sum_noise_grads(fn, x, eps, jax.grad(fn)(x), chunk_size, squares=True)
+        mean = s1 / n
+        return jnp.maximum(s2 / n - mean * mean, 0.0)
+
+    return run(x, eps)
 
 
 # --------------------------------------------------------------------------- #
@@ -496,17 +533,21 @@ def occlusion(
         st, ch = np.repeat(starts, D), np.tile(np.arange(D), len(starts))
     else:
         st, ch = starts, np.full(len(starts), -1)
-    t_idx = jnp.arange(T)[:, None]
-    d_idx = jnp.arange(D)[None, :]
-    f0 = fn(x)
+    @jax.jit
+    def run(x, b, st, ch, counts):
+        t_idx = jnp.arange(T)[:, None]
+        d_idx = jnp.arange(D)[None, :]
+        f0 = fn(x)
 
-    def one(p):
-        s, c = p
-        mask = (t_idx >= s) & (t_idx < s + window) & ((c < 0) | (d_idx == c))
-        return (f0 - fn(jnp.where(mask, b, x))) * mask.astype(x.dtype)
+        def one(p):
+            s, c = p
+            mask = (t_idx >= s) & (t_idx < s + window) & ((c < 0) | (d_idx == c))
+            return (f0 - fn(jnp.where(mask, b, x))) * mask.astype(x.dtype)
 
-    total = _chunked_reduce(one, (jnp.asarray(st), jnp.asarray(ch)), chunk_size=chunk_size)
-    return total / jnp.asarray(counts, x.dtype)[:, None]
+        total = _chunked_reduce(one, (st, ch), chunk_size=chunk_size)
+        return total / counts[:, None]
+
+    return run(x, b, jnp.asarray(st), jnp.asarray(ch), jnp.asarray(counts, x.dtype))
 
 
 # --------------------------------------------------------------------------- #
@@ -573,6 +614,11 @@ def lstm_forward(params: dict, xs: Float[ArrayLike, "T D_in"]) -> Float[Array, "
     """
     xs = _as_float("xs", xs)
     _check_lstm(params, xs)
+    return _lstm_forward(params, xs)
+
+
+@jax.jit
+def _lstm_forward(params, xs):
     us = xs
     for layer in params["layers"]:
         us, _ = _lstm_layer(layer, us)
@@ -666,6 +712,12 @@ def lstm_lrp(
         raise ValueError(f"target must be in [0, {d_out}), got {target}")
     _check_nonnegative("eps", eps)
 
+    rel, absorbed = _lstm_lrp(params, xs, jnp.asarray(target), eps)
+    return (rel, absorbed) if return_absorbed else rel
+
+
+@jax.jit
+def _lstm_lrp(params, xs, target, eps):
     us, saved_all = xs, []
     for layer in params["layers"]:
         hs, saved = _lstm_layer(layer, us)
@@ -681,7 +733,7 @@ def lstm_lrp(
     for layer, saved in zip(reversed(params["layers"]), reversed(saved_all)):
         rh, ab = _lrp_layer_backward(layer, saved, rh, eps)
         absorbed = absorbed + ab
-    return (rh, absorbed) if return_absorbed else rh
+    return rh, absorbed
 
 
 # --------------------------------------------------------------------------- #
@@ -713,6 +765,10 @@ def infidelity(
     denominator is 0), i.e. `min_beta (1/n) sum_k (beta d_k - D_k)^2`, which does
     not change when `attr` is scaled by a constant. The default is the
     unnormalised definition of Yeh et al.
+
+    The `n` pairs `(d_k, D_k)` are kept and the squares formed from them
+    (Captum expands the square into three running sums, which cancels
+    catastrophically when the infidelity is small).
     """
     x = _as_float("x", x)
     _check_scalar_fn(fn, x)
@@ -722,19 +778,21 @@ def infidelity(
     n = _check_int("n", n, minimum=1)
     _check_nonnegative("sigma", sigma)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1)
-    f0 = fn(x)
+    perts = _normal_noise(key, n, x, sigma)
 
-    def one(i):
-        pert = sigma * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-        d = jnp.sum(pert * attr)
-        diff = f0 - fn(x - pert)
-        return d * d, d * diff, diff * diff
+    @jax.jit
+    def run(x, attr, perts):
+        f0 = fn(x)
 
-    sdd, sdD, sDD = _chunked_reduce(one, jnp.arange(n), chunk_size=chunk_size)
-    if normalize:
-        beta = _safe_div(sdD, sdd)
-        return (beta * beta * sdd - 2 * beta * sdD + sDD) / n
-    return (sdd - 2 * sdD + sDD) / n
+        def one(pert):
+            return jnp.sum(pert * attr), f0 - fn(x - pert)
+
+        d, diff = _chunked_map(one, perts, chunk_size=chunk_size)
+        if normalize:
+            d = d * _safe_div(jnp.sum(d * diff), jnp.sum(d * d))
+        return jnp.mean((d - diff) ** 2)
+
+    return run(x, attr, perts)
 
 
 def max_sensitivity(
@@ -759,17 +817,20 @@ def max_sensitivity(
     n = _check_int("n", n, minimum=1)
     _check_nonnegative("radius", radius)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1)
-    e0 = explain_fn(x)
+    ds = radius * jax.random.uniform(key, (n, *x.shape), x.dtype, minval=-1.0, maxval=1.0)
 
-    def one(i):
-        d = jax.random.uniform(
-            jax.random.fold_in(key, i), x.shape, x.dtype, minval=-radius, maxval=radius
-        )
-        return jnp.sqrt(jnp.sum((explain_fn(x + d) - e0) ** 2))
+    @jax.jit
+    def run(x, ds):
+        e0 = explain_fn(x)
 
-    worst = _chunked_reduce(one, jnp.arange(n), chunk_size=chunk_size, op="max")
-    norm0 = jnp.sqrt(jnp.sum(e0**2))
-    return jnp.where(norm0 > 0, _safe_div(worst, norm0), worst)
+        def one(d):
+            return jnp.sqrt(jnp.sum((explain_fn(x + d) - e0) ** 2))
+
+        worst = jnp.max(_chunked_map(one, ds, chunk_size=chunk_size))
+        norm0 = jnp.sqrt(jnp.sum(e0**2))
+        return jnp.where(norm0 > 0, _safe_div(worst, norm0), worst)
+
+    return run(x, ds)
 
 
 def _rankdata(a: Array) -> Array:
@@ -793,6 +854,11 @@ def spearman(a: Float[ArrayLike, "*shape"], b: Float[ArrayLike, "*shape"]) -> Fl
         raise ValueError(f"a and b must have the same size, got {a.shape} and {b.shape}")
     if a.size < 2:
         raise ValueError(f"spearman needs at least 2 values, got {a.size}")
+    return _spearman(a, b)
+
+
+@jax.jit
+def _spearman(a, b):
     ra, rb = _rankdata(a), _rankdata(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     return jnp.sum(ra * rb) / jnp.sqrt(jnp.sum(ra * ra) * jnp.sum(rb * rb))
@@ -855,6 +921,7 @@ def randomisation_check(
     threshold: float = 0.5,
     absolute: bool = True,
     reinit: Callable[[PRNGKeyArray, Array], Array] | None = None,
+    jit: bool = True,
 ) -> RandomisationResult:
     r"""Cascading model-parameter randomisation test (Adebayo et al. 2018).
 
@@ -881,7 +948,9 @@ def randomisation_check(
 
     `reinit(key, leaf)` draws a new leaf; by default a Gaussian with the old
     leaf's root-mean-square (so the scale of every layer is kept and
-    zero-initialised biases stay zero).
+    zero-initialised biases stay zero). With `jit=True` the explanation is
+    compiled once and reused for every stage (the parameter shapes do not
+    change); pass `jit=False` for an explanation that cannot be traced.
     """
     x = _as_float("x", x)
     if len(layer_order) == 0:
@@ -894,7 +963,8 @@ def randomisation_check(
             raise ValueError(f"layer {p if len(p) > 1 else p[0]!r} of layer_order is not in params") from None
     reinit = _rms_normal if reinit is None else reinit
     prep = jnp.abs if absolute else (lambda a: a)
-    ref = prep(explain_with_params(params, x))
+    explain = jax.jit(explain_with_params) if jit else explain_with_params
+    ref = prep(explain(params, x))
     current, corrs = params, []
     for k, p in enumerate(paths):
         sub = _get_path(current, p)
@@ -902,7 +972,7 @@ def randomisation_check(
         keys = jax.random.split(jax.random.fold_in(key, k), max(len(leaves), 1))
         new = jax.tree.unflatten(treedef, [reinit(kk, leaf) for kk, leaf in zip(keys, leaves)])
         current = _set_path(current, p, new)
-        corrs.append(spearman(ref, prep(explain_with_params(current, x))))
+        corrs.append(spearman(ref, prep(explain(current, x))))
     corrs = jnp.stack(corrs)
     return RandomisationResult(correlations=corrs, passes=corrs[-1] < threshold)
 
@@ -1006,6 +1076,11 @@ def oscillator_scores(
     return jnp.asarray(m_out, a.dtype) @ jnp.abs(a) @ jnp.asarray(m_in.T, a.dtype)
 
 
+def _check_graph(gr) -> None:
+    if not _is_traced(gr) and not np.all(np.isin(np.asarray(gr), (0, 1))):
+        raise ValueError("graph must contain only 0 and 1")
+
+
 def coupling_auroc(scores: Float[ArrayLike, "n n"], graph: Float[ArrayLike, "n n"]) -> Float[Array, ""]:
     r"""AUROC of the off-diagonal `scores` for recovering the edges of a 0/1 `graph`.
 
@@ -1020,8 +1095,12 @@ def coupling_auroc(scores: Float[ArrayLike, "n n"], graph: Float[ArrayLike, "n n
         raise ValueError(f"scores and graph must be the same (n, n) shape, got {s.shape} and {gr.shape}")
     if s.shape[0] < 2:
         raise ValueError("coupling_auroc needs n >= 2 oscillators")
-    if not _is_traced(gr) and not np.all(np.isin(np.asarray(gr), (0, 1))):
-        raise ValueError("graph must contain only 0 and 1")
+    _check_graph(gr)
+    return _auroc(s, gr)
+
+
+@jax.jit
+def _auroc(s, gr):
     rows, cols = np.nonzero(~np.eye(s.shape[0], dtype=bool))
     vals, pos = s[rows, cols], gr[rows, cols] > 0.5
     ranks = _rankdata(vals)
@@ -1092,14 +1171,21 @@ def score_by_horizon(
         raise ValueError(f"ts must have shape ({a.shape[0]},), got {ts.shape}")
     if gr.ndim != 2 or gr.shape[0] != gr.shape[1]:
         raise ValueError(f"graph must be (n, n), got {gr.shape}")
+    _check_graph(gr)
+    groups = tuple(map(tuple, _layout_groups(state_layout, gr.shape[0], a.shape[1])))
+    return _score_by_horizon(a, tj, gr, ts, t_train, groups=groups)
+
+
+@functools.partial(jax.jit, static_argnames=("groups",))
+def _score_by_horizon(a, tj, gr, ts, t_train, *, groups):
     n = gr.shape[0]
-    _layout_groups(state_layout, n, a.shape[1])  # static layout check
+    layout = [list(g) for g in groups]
 
     def one(aj, tjac):
         return (
-            coupling_auroc(oscillator_scores(aj, n, state_layout=state_layout), gr),
-            jacobian_spearman(aj, tjac),
-            coupling_auroc(oscillator_scores(tjac, n, state_layout=state_layout), gr),
+            _auroc(oscillator_scores(aj, n, state_layout=layout), gr),
+            _spearman(jnp.abs(aj), jnp.abs(tjac)),
+            _auroc(oscillator_scores(tjac, n, state_layout=layout), gr),
         )
 
     auroc, rho, true_auroc = jax.vmap(one)(a, tj)

@@ -11,10 +11,24 @@ from ._base import AbstractModel
 from ._common import check_state_dim
 
 
-def _lstm_layer(w_x, w_h, b, xs, h0, c0):
-    """One LSTM layer over a sequence; gate order (i, f, g, o).
+def _gates(z, c, hdim):
+    i = jax.nn.sigmoid(z[..., :hdim])
+    f = jax.nn.sigmoid(z[..., hdim : 2 * hdim])
+    g = jnp.tanh(z[..., 2 * hdim : 3 * hdim])
+    o = jax.nn.sigmoid(z[..., 3 * hdim :])
+    c = f * c + i * g
+    return o * jnp.tanh(c), c
 
-    `i, f, o = sigmoid(.)`, `g = tanh(.)`, `c_t = f c_{t-1} + i g`, `h_t = o tanh(c_t)`.
+
+def _lstm_step(w_x, w_h, b, x, h, c):
+    """One LSTM step; gate order (i, f, g, o):
+    `i, f, o = sigmoid(.)`, `g = tanh(.)`, `c_t = f c_{t-1} + i g`, `h_t = o tanh(c_t)`."""
+    return _gates(x @ w_x + b + h @ w_h, c, w_h.shape[0])
+
+
+def _lstm_layer(w_x, w_h, b, xs, h0, c0):
+    """One LSTM layer over a sequence `xs (T, d_in)` (see `_lstm_step`).
+
     The input projection `xs @ w_x + b` is computed for all steps at once,
     outside the recurrence; only `h @ w_h` stays in the scan.
     """
@@ -23,13 +37,7 @@ def _lstm_layer(w_x, w_h, b, xs, h0, c0):
 
     def step(carry, z):
         h, c = carry
-        z = z + h @ w_h
-        i = jax.nn.sigmoid(z[..., :hdim])
-        f = jax.nn.sigmoid(z[..., hdim : 2 * hdim])
-        g = jnp.tanh(z[..., 2 * hdim : 3 * hdim])
-        o = jax.nn.sigmoid(z[..., 3 * hdim :])
-        c = f * c + i * g
-        h = o * jnp.tanh(c)
+        h, c = _gates(z + h @ w_h, c, hdim)
         return (h, c), h
 
     (h, c), hs = jax.lax.scan(step, (h0, c0), pre)
@@ -48,10 +56,11 @@ class LSTM(AbstractModel):
     - `forecast(context, n_steps)` warms up on the context, then feeds its own
       predictions back.
 
-    Objective: teacher forcing (next-step mean squared error over whole
-    training trajectories) plus rollout fine-tuning: after a teacher-forced
-    warm-up of `warmup` steps, `rollout` free-running steps are compared with
-    the data. Both terms are in normalised units and weighted equally.
+    Objective, on windows of `warmup + rollout + 1` states cut from the
+    training trajectories: teacher forcing (next-step mean squared error over
+    the window) plus rollout fine-tuning (after a teacher-forced warm-up of
+    `warmup` steps, `rollout` free-running steps are compared with the data).
+    Both terms are in normalised units and weighted equally.
     """
 
     min_context = 1
@@ -106,13 +115,25 @@ class LSTM(AbstractModel):
         hs, _, _ = self._run(self._norm(xs), self._zeros())
         return hs
 
+    def _cell(self, z, state):
+        """One step of the whole stack for one input `z (d,)`; returns the top hidden state,
+        the next-step prediction and the new state."""
+        x = z
+        new_state = []
+        for l in range(self.layers):
+            h, c = state[l]
+            h, c = _lstm_step(self.w_x[l].value, self.w_h[l].value, self.b[l].value, x, h, c)
+            new_state.append((h, c))
+            x = h
+        return x, z + x @ self.w_out.value + self.b_out.value, new_state
+
     def _free_run(self, z_last, state, n_steps):
         """Feeds predictions back for `n_steps`, starting from the prediction `z_last`."""
 
         def step(carry, _):
             z, st = carry
-            hs, pred, st = self._run(z[None], st)
-            return (pred[0], st), (z, hs[0])
+            h, pred, st = self._cell(z, st)
+            return (pred, st), (z, h)
 
         (_, _), (zs, hs) = jax.lax.scan(step, (z_last, state), None, length=n_steps)
         return zs, hs
@@ -145,7 +166,7 @@ class LSTM(AbstractModel):
 
     # ------------------------------------------------------------ training
     def window_length(self, n_train_steps: int) -> int:
-        return n_train_steps
+        return min(n_train_steps, self.warmup + self.rollout + 1)
 
     def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
         zs = self._norm(windows)
