@@ -1,0 +1,223 @@
+"""Every figure of the study, redrawn from stored results without training anything.
+
+`python -m experiments.figures --preset quick [--out results/quick] [--figures figures/quick]`
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .extrapolation import read_metrics  # noqa: E402
+
+_COLORS = {"truth": "black", "LSTM": "tab:red", "NeuralODE": "tab:orange", "SecondOrderNODE": "tab:brown",
+           "HNN": "tab:blue", "LNN": "tab:cyan", "DissipativeHNN": "tab:purple"}
+
+
+def _color(model: str, i: int = 0):
+    if model.startswith("OscillatorModel"):
+        return "tab:green" if i == 0 else "olive"
+    return _COLORS.get(model, f"C{i % 10}")
+
+
+def load_runs(out: Path) -> dict:
+    """`{(system, model): [arrays of each seed]}` for every finished run that stored arrays."""
+    import json
+
+    runs: dict = {}
+    for res in sorted((out / "runs").glob("*/*/seed*/result.json")):
+        row = json.loads(res.read_text())
+        arr = res.parent / "arrays.npz"
+        if row.get("status") != "ok" or not arr.exists():
+            continue
+        with np.load(arr) as z:
+            runs.setdefault((row["system"], row["model"]), []).append(dict(z) | {"seed": row["seed"]})
+    return runs
+
+
+def _osc_labels(models):
+    osc = sorted([m for m in models if m.startswith("OscillatorModel")],
+                 key=lambda m: -int(m.split("=")[1].rstrip(")")))
+    return osc
+
+
+def motivating(runs, system, t_train, path: Path, coord: int = 0):
+    models = [m for (s, m) in runs if s == system]
+    order = _osc_labels(models) + [m for m in ("LSTM", "HNN") if m in models]
+    if not order:
+        return None
+    first = runs[(system, order[0])][0]
+    true, ts_f = first["sample_true"][0], first["ts_forecast"]
+    dt = ts_f[1] - ts_f[0]
+    ts = dt * np.arange(true.shape[0])
+    fig, axes = plt.subplots(len(order), 1, figsize=(9, 1.7 * len(order) + 0.6), sharex=True)
+    axes = np.atleast_1d(axes)
+    for ax, (i, m) in zip(axes, enumerate(order)):
+        r = runs[(system, m)][0]
+        ax.axvspan(0, t_train, color="0.9", lw=0)
+        ax.plot(ts, true[:, coord], color="black", lw=1.2, label="truth")
+        ax.plot(r["ts_forecast"], r["sample_pred"][0][:, coord], color=_color(m, i), lw=1.2, ls="--", label=m)
+        ax.set_ylabel("q₁")
+        ax.legend(loc="upper right", fontsize=8, frameon=False)
+    axes[-1].set_xlabel("t (training window shaded)")
+    axes[-1].set_xlim(0, ts[-1])
+    fig.suptitle(f"{system}: forecasts from a short context, inside and beyond the training window")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def nmse_over_time(runs, system, t_train, path: Path):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, ((s, m), rs) in enumerate(sorted(runs.items())):
+        if s != system:
+            continue
+        curves = np.stack([r["nmse_test"] for r in rs])
+        ax.semilogy(rs[0]["ts_forecast"], np.exp(np.mean(np.log(curves + 1e-300), 0)), color=_color(m, i), label=m)
+    ax.axvline(t_train, color="0.4", ls=":", lw=1)
+    ax.set_xlabel("t")
+    ax.set_ylabel("nmse(t)")
+    ax.set_title(f"{system}: normalised error over time (dotted: end of training window)")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def interp_vs_extrap(rows, path: Path):
+    systems = sorted({r["system"] for r in rows})
+    fig, axes = plt.subplots(1, len(systems), figsize=(max(6, 5 * len(systems)), 4.5), squeeze=False)
+    for ax, system in zip(axes[0], systems):
+        models = [m for m in dict.fromkeys(r["model"] for r in rows if r["system"] == system)]
+        x = np.arange(len(models))
+        for j, (col, lab) in enumerate((("interp_nmse", "inside (interp)"), ("extrap_nmse", "beyond (extrap)"),
+                                        ("ood_nmse", "unseen energies (ood)"))):
+            vals = [np.nanmean([r[col] for r in rows if r["system"] == system and r["model"] == m
+                                and r["status"] == "ok"] or [np.nan]) for m in models]
+            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab)
+        ax.set_yscale("log")
+        ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
+        ax.set_title(system)
+        ax.set_ylabel("nmse")
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def energy_drift(runs, system, path: Path):
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    drawn = False
+    for i, ((s, m), rs) in enumerate(sorted(runs.items())):
+        if s != system or "energy_drift" not in rs[0]:
+            continue
+        ax.semilogy(rs[0]["ts_forecast"], np.mean([r["energy_drift"] for r in rs], 0) + 1e-16,
+                    color=_color(m, i), label=m)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("t")
+    ax.set_ylabel("|E(ŷ_t) − E(y_0)| / |E(y_0)|")
+    ax.set_title(f"{system}: energy drift of the forecasts")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def valid_prediction_time(rows, path: Path):
+    systems = sorted({r["system"] for r in rows})
+    fig, axes = plt.subplots(1, len(systems), figsize=(max(6, 5 * len(systems)), 4), squeeze=False)
+    for ax, system in zip(axes[0], systems):
+        models = list(dict.fromkeys(r["model"] for r in rows if r["system"] == system))
+        vals = [[r["vpt"] for r in rows if r["system"] == system and r["model"] == m and r["status"] == "ok"]
+                for m in models]
+        ax.bar(range(len(models)), [np.mean(v) if v else np.nan for v in vals],
+               yerr=[np.std(v) if len(v) > 1 else 0 for v in vals], color=[_color(m, i) for i, m in enumerate(models)])
+        ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("valid prediction time / t_train")
+        ax.set_title(system)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def learned_parameters(runs, system, path: Path):
+    cands = [(m, rs) for (s, m), rs in runs.items() if s == system and m.startswith("OscillatorModel")
+             and "true_frequencies" in rs[0] and rs[0]["learned_frequencies"].shape == rs[0]["true_frequencies"].shape]
+    if not cands:
+        return None
+    m, rs = cands[0]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 4))
+    for r in rs:
+        a1.scatter(r["true_frequencies"], r["learned_frequencies"], color="tab:green")
+        iu = np.triu_indices_from(r["true_coupling"], 1)
+        a2.scatter(r["true_coupling"][iu], r["learned_coupling"][iu], color="tab:green")
+    for a, title in ((a1, "frequencies ω"), (a2, "couplings κ_ij (i<j)")):
+        lo, hi = a.get_xlim()
+        lo, hi = min(lo, a.get_ylim()[0]), max(hi, a.get_ylim()[1])
+        a.plot([lo, hi], [lo, hi], color="0.5", ls=":")
+        a.set_xlabel("true")
+        a.set_ylabel("learned")
+        a.set_title(f"{m}: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def draw_all(out: Path, figures: Path, t_train: float) -> list[Path]:
+    figures.mkdir(parents=True, exist_ok=True)
+    rows = read_metrics(out)
+    runs = load_runs(out)
+    made = []
+    for system in sorted({r["system"] for r in rows}):
+        tag = system
+        made += [motivating(runs, system, t_train, figures / f"motivating_{tag}.png"),
+                 nmse_over_time(runs, system, t_train, figures / f"nmse_{tag}.png"),
+                 energy_drift(runs, system, figures / f"energy_drift_{tag}.png"),
+                 learned_parameters(runs, system, figures / f"learned_parameters_{tag}.png")]
+    made += [interp_vs_extrap(rows, figures / "interp_vs_extrap.png"),
+             valid_prediction_time(rows, figures / "valid_prediction_time.png")]
+    return [p for p in made if p is not None]
+
+
+@dataclasses.dataclass
+class Args:
+    """Redraws every figure of a preset from its stored results."""
+
+    preset: str = "quick"
+    out: Path | None = None
+    """results directory (default results/<preset>/)"""
+    figures: Path | None = None
+    """figure directory (default figures/<preset>/)"""
+
+
+def main(argv=None) -> None:
+    import tyro
+
+    from .presets import get_preset
+
+    args = tyro.cli(Args, args=argv)
+    preset = get_preset(args.preset)
+    out = args.out or Path("results") / preset.name
+    if not (out / "metrics.csv").exists():
+        raise SystemExit(f"no results in {out}: run `python -m experiments.study --preset {preset.name}` first")
+    for p in draw_all(out, args.figures or Path("figures") / preset.name, preset.t_train):
+        print(p)
+
+
+if __name__ == "__main__":
+    main()
