@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import extrapolation
-from experiments.presets import PRESETS, Preset, get_preset, parse_model_label
+from experiments.presets import PRESETS, get_preset, parse_model_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,12 +91,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
 def test_diverging_model_is_recorded_and_the_study_goes_on(tmp_path):
     preset = dataclasses.replace(PRESETS["tiny"], name="diverge", lr=1e12,
                                  models=("OscillatorModel(k=2)",), steps=40, eval_every=20)
-    ok = dataclasses.replace(PRESETS["tiny"], name="diverge", models=("OscillatorModel(k=2)",),
-                             steps=40, eval_every=20)
     rows = extrapolation.run(preset, tmp_path, progress=False)
     assert rows[0]["status"] == "failed" and "diverged" in rows[0]["reason"]
     assert (tmp_path / "metrics.csv").exists()
     # the failure is a finished result: a rerun does not train again
     again = extrapolation.run(preset, tmp_path, progress=False)
     assert again == rows
-    assert ok.lr != preset.lr
