@@ -115,6 +115,38 @@ def batch_forecast(model, contexts: np.ndarray, n_steps: int) -> np.ndarray:
     return np.asarray(run(state, jnp.asarray(contexts, dtype)), dtype=np.float64)
 
 
+def save_model(model, path: Path) -> None:
+    """Stores every variable of a trained model (parameters and statistics) and its `dt`."""
+    import jax
+    from flax import nnx
+
+    leaves = jax.tree.leaves(nnx.state(model))
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, dt=np.asarray(model.dt), **{f"v{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    tmp.replace(path)
+
+
+def load_model(out: Path, spec: SystemSpec, label: str, seed: int, preset: Preset):
+    """Rebuilds a model trained by `run_one` from its stored variables (no training)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    path = out / "runs" / f"{spec.name}_n{spec.n}" / _slug(label) / f"seed{seed}" / "model.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained model at {path}: run the extrapolation study first")
+    ds = load_or_make_dataset(spec, preset, seed, out)
+    model = build_model(label, ds.system, preset, spec, seed=seed)
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+    with np.load(path) as z:
+        stored = [jnp.asarray(z[f"v{i}"]) for i in range(len(leaves))]
+        dt = float(z["dt"])
+    model = nnx.merge(graphdef, jax.tree.unflatten(treedef, stored))
+    model.dt = dt
+    return model, ds
+
+
 # --------------------------------------------------------------------------- one run
 def run_one(spec: SystemSpec, label: str, seed: int, preset: Preset, out: Path, *, progress=False) -> dict:
     """Trains and scores one (system, model, seed); returns its row (and stores its arrays)."""
@@ -145,6 +177,7 @@ def run_one(spec: SystemSpec, label: str, seed: int, preset: Preset, out: Path, 
         row["train_seconds"] = time.perf_counter() - t0
         row.update(score(model, ds, preset, arrays))
         write_json_atomic(run_dir / "history.json", history)
+        save_model(model, run_dir / "model.npz")
     except NotApplicable as e:
         row.update(status="n/a", reason=str(e))
     except models.TrainingDiverged as e:

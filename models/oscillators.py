@@ -151,9 +151,9 @@ class OscillatorModel(ODEModel):
             kappa[i, others] = coef[2 : 2 + len(others)]
             if self.kind == "vanderpol":
                 mus.append(coef[-1])
-        kappa = np.clip(0.5 * (kappa + kappa.T), 1e-4, None)
+        kappa = np.clip(0.5 * (kappa + kappa.T), 1e-7, None)
         self.log_omega.value = jnp.asarray(0.5 * np.log(np.clip(omega2, 1e-4, None)), self.log_omega.value.dtype)
-        self.raw_damping.value = jnp.asarray(_inv_softplus(np.clip(gamma, 1e-4, None)), self.raw_damping.value.dtype)
+        self.raw_damping.value = jnp.asarray(_inv_softplus(np.clip(gamma, 1e-7, None)), self.raw_damping.value.dtype)
         self.raw_coupling.value = jnp.asarray(_inv_softplus(kappa), self.raw_coupling.value.dtype)
         if self.kind == "vanderpol":
             self.raw_mu.value = jnp.asarray(_inv_softplus(max(np.mean(mus), 1e-3)), self.raw_mu.value.dtype)

@@ -10,6 +10,7 @@ from a checkpoint replays exactly the batches it would have seen.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -270,26 +271,14 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
     train = jnp.asarray(dataset.train, dtype)
     has_val = dataset.val.shape[0] > 0
     val_windows = jnp.asarray(_windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype)
-    opt = _make_optimizer(cfg)
-    chunk = _build_chunk(graphdef, opt, cfg, window, has_val)
     key_data = jnp.stack([jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
                           for k in keys])
-    state = jax.vmap(lambda p: _init_state(p, opt))(params)
+    state = jax.vmap(lambda p: _init_state(p, _make_optimizer(cfg)))(params)
 
     sharding = _member_sharding(n_members)
     if sharding is not None:
         state, rest, key_data = jax.device_put((state, rest, key_data), sharding)
-
-    def run_member(st, r, kd, n_steps):
-        return chunk(st, r, jax.random.wrap_key_data(kd), train, val_windows, n_steps)
-
-    if strategy == "vmap":
-        batched = jax.vmap(run_member, in_axes=(0, 0, 0, None))
-    elif strategy == "map":
-        batched = lambda st, r, kd, n: jax.lax.map(lambda a: run_member(*a, n), (st, r, kd))
-    else:
-        raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
-    step_fn = jax.jit(batched, static_argnums=3)
+    step_fn = _compiled_chunk(graphdef, cfg, window, has_val, strategy)
 
     ckpt = None
     history: list[dict] = []
@@ -316,7 +305,7 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
             if bool(jnp.all(state["stopped"] | state["diverged"])):
                 break
             n_steps = min(cfg.eval_every, cfg.steps - c * cfg.eval_every)
-            state, loss, val = step_fn(state, rest, key_data, n_steps)
+            state, loss, val = step_fn(state, rest, key_data, train, val_windows, n_steps)
             loss, val = np.asarray(loss), np.asarray(val)
             rec = {
                 "chunk": c + 1,
@@ -347,6 +336,25 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
     for i, m in enumerate(models):
         nnx.update(m, jax.tree.map(lambda x: x[i], final), jax.tree.map(lambda x: x[i], rest))
     return models, history, state, diverged
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(graphdef, cfg: _Config, window: int, has_val: bool, strategy: str):
+    """The jitted, member-batched training chunk; cached, so that repeated fits of the same
+    architecture and configuration (seeds, ensembles, resumed runs) compile once."""
+    chunk = _build_chunk(graphdef, _make_optimizer(cfg), cfg, window, has_val)
+
+    def run_member(st, r, kd, train, val_windows, n_steps):
+        return chunk(st, r, jax.random.wrap_key_data(kd), train, val_windows, n_steps)
+
+    if strategy == "vmap":
+        batched = jax.vmap(run_member, in_axes=(0, 0, 0, None, None, None))
+    elif strategy == "map":
+        def batched(st, r, kd, train, val_windows, n):
+            return jax.lax.map(lambda a: run_member(*a, train, val_windows, n), (st, r, kd))
+    else:
+        raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
+    return jax.jit(batched, static_argnums=5)
 
 
 def _member_sharding(n_members: int):
