@@ -82,8 +82,8 @@ def build_model(label: str, system, preset: Preset, spec: SystemSpec, *, seed: i
         return models.LSTM(d, hidden=preset.hidden, rngs=rngs)
     if name == "OscillatorModel":
         k = d // 2 if k == "n" else k
-        return models.OscillatorModel(d, k=k, kind=spec.kind, rngs=rngs)
-    return getattr(models, name)(d, width=preset.width, depth=2, rngs=rngs)
+        return models.OscillatorModel(d, k=k, kind=spec.kind, window=preset.window, rngs=rngs)
+    return getattr(models, name)(d, width=preset.width, depth=2, window=preset.window, rngs=rngs)
 
 
 def model_label(label: str, system) -> str:

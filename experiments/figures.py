@@ -191,6 +191,10 @@ def draw_all(out: Path, figures: Path, t_train: float) -> list[Path]:
                  learned_parameters(runs, system, figures / f"learned_parameters_{tag}.png")]
     made += [interp_vs_extrap(rows, figures / "interp_vs_extrap.png"),
              valid_prediction_time(rows, figures / "valid_prediction_time.png")]
+    if (out / "attribution.csv").exists():
+        from .attribution_figures import draw_all as draw_attribution
+
+        made += draw_attribution(out, figures)
     return [p for p in made if p is not None]
 
 

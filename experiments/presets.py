@@ -55,8 +55,8 @@ class Preset:
     systems: tuple[SystemSpec, ...]
     models: tuple[str, ...]
     seeds: tuple[int, ...]
-    n_train: int = 32
-    n_val: int = 8
+    n_train: int = 128
+    n_val: int = 16
     n_test: int = 16
     dt: float = 0.05
     t_train: float = 10.0
@@ -71,12 +71,14 @@ class Preset:
     width: int = 64
     hidden: int = 64
     eval_every: int = 250
+    window: int = 30
+    """multiple-shooting window (steps) of the ODE models"""
 
     def __post_init__(self):
         for label in self.models:
             parse_model_label(label)
         for f in ("n_train", "n_test", "context", "steps", "lstm_steps", "batch_size", "width",
-                  "hidden", "eval_every"):
+                  "hidden", "eval_every", "window"):
             if getattr(self, f) < 1:
                 raise ValueError(f"preset {self.name!r}: {f} must be >= 1, got {getattr(self, f)!r}")
         if not (0 < self.dt and 0 < self.t_train <= self.t_end):
@@ -112,7 +114,7 @@ PRESETS: dict[str, Preset] = {
         systems=(SystemSpec("CoupledPendulums", kind="pendulum", n=2, graph="chain", kappa=0.2),),
         models=("OscillatorModel(k=2)", "LSTM"),
         seeds=(0,), n_train=8, n_val=2, n_test=4, t_train=5.0, t_end=10.0, dt=0.1, context=10,
-        steps=60, lstm_steps=60, eval_every=20, width=16, hidden=16, batch_size=8,
+        steps=60, lstm_steps=60, eval_every=20, width=16, hidden=16, batch_size=8, window=10,
     ),
     "quick": Preset(
         name="quick",
@@ -134,7 +136,7 @@ PRESETS: dict[str, Preset] = {
         models=("LSTM", "NeuralODE", "SecondOrderNODE", "OscillatorModel(k=n)",
                 "OscillatorModel(k=2)", "HNN", "LNN", "DissipativeHNN"),
         seeds=(0, 1, 2, 3, 4),
-        n_train=64, n_test=32, steps=5000, lstm_steps=5000, eval_every=500,
+        n_train=256, n_test=32, steps=5000, lstm_steps=5000, eval_every=500,
     ),
 }
 

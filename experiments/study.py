@@ -52,7 +52,7 @@ def main(argv=None) -> None:
             attribution = None
         if attribution is not None:
             t1 = time.perf_counter()
-            attribution.run(preset, out, fig_dir, progress=args.progress)
+            attribution.run(preset, out, progress=args.progress)
             timings["attribution_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     made = figures.draw_all(out, fig_dir, preset.t_train)

@@ -1,0 +1,254 @@
+"""The attribution study: what the trained models attend to, scored against the simulator.
+
+`python -m experiments.attribution --preset quick [--out DIR]`
+
+For every model trained by the extrapolation study (it reuses the stored
+models; nothing is retrained) and a few test trajectories, the forecast
+`yhat(t_C + h)` is attributed to the context with saliency, gradient times
+input and integrated gradients (zero baseline: the system at rest), pooled
+over the context's time lags into a `(D, D)` matrix per horizon `h`, and
+scored against the simulator's own sensitivities `d y(t_C + h) / d y(t_C)`
+(`models.attribution.true_jacobian`) and its coupling graph: coupling-graph
+AUROC and Spearman correlation with the true Jacobian, separately inside and
+beyond the training window. The structured model's learned coupling matrix is
+scored directly too. The LSTM's hidden states are probed (`models.probes`).
+Writes `attribution.csv`, `probes.csv`, the arrays behind the figures and the
+figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ._runtime import setup_jax, write_json_atomic, write_text_atomic
+from .presets import Preset, get_preset
+
+ATTR_COLUMNS = ("system", "model", "method", "split", "coupling_auroc", "jacobian_spearman", "n_traj")
+PROBE_COLUMNS = ("system", "model", "quantity", "split", "r2", "control_r2")
+METHODS = ("saliency", "gradient_x_input", "integrated_gradients")
+
+
+def _forecast_jacobians(model, context, horizons, method: str, *, ig_steps: int = 16):
+    """`(len(horizons), D, D)`: attribution of `yhat(t_C + h)` to the context, summed over lags."""
+    import jax
+    import jax.numpy as jnp
+
+    from models.attribution import quadrature
+
+    n_max = int(horizons.max()) + 1
+    idx = jnp.asarray(horizons)
+
+    def g(ctx):
+        return model.forecast(ctx, n_max)[idx]
+
+    jac = jax.jacfwd(g)  # (nh, D, C, D)
+    if method == "saliency":
+        full = jac(context)
+    elif method == "gradient_x_input":
+        full = jac(context) * context
+    elif method == "integrated_gradients":
+        alphas, weights = quadrature("gausslegendre", ig_steps)
+        full = sum(w * jac(a * context) for a, w in zip(alphas, weights)) * context
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return full.sum(axis=2)  # pool over the context's time lags
+
+
+def attribute_model(model, ds, preset: Preset, *, n_traj: int = 4, n_horizons: int = 24):
+    """Scores of every method for one model; also returns the maps drawn in the figures."""
+    import jax
+    import jax.numpy as jnp
+
+    from models import attribution as A
+
+    system, C, dt = ds.system, preset.context, ds.dt
+    t_c = ds.ts[C - 1]
+    total = len(ds.ts) - C
+    horizons = np.unique(np.geomspace(1, total, n_horizons).astype(int)) - 1  # steps after the context
+    ts_abs = t_c + (horizons + 1) * dt
+    graph = np.asarray(system.coupling_graph())
+    fwd = jax.jit(lambda ctx, m: _forecast_jacobians(model, ctx, horizons, m), static_argnums=1)
+    rows, maps = [], {}
+    true_all = []
+    for i in range(n_traj):
+        y_c = jnp.asarray(ds.test[i, C - 1])
+        tj = A.true_jacobian(system, y_c, jnp.concatenate([jnp.asarray([t_c]), jnp.asarray(ts_abs)]))[1:]
+        true_all.append(np.asarray(tj))
+    dtype = jax.tree.leaves(__import__("flax").nnx.state(model))[0].dtype
+    for method in METHODS:
+        per = []
+        for i in range(n_traj):
+            ctx = jnp.asarray(ds.test[i, :C], dtype)
+            attr = np.asarray(fwd(ctx, method), dtype=np.float64)
+            if not np.all(np.isfinite(attr)):
+                continue
+            s = A.score_by_horizon(attr, true_all[i], graph, ts_abs, ds.t_train)
+            per.append(s)
+            if i == 0:
+                maps[method] = attr
+        for split in ("inside", "beyond"):
+            au = [float(getattr(s, f"auroc_{split}")) for s in per]
+            sp = [float(getattr(s, f"spearman_{split}")) for s in per]
+            rows.append({"method": method, "split": split, "coupling_auroc": float(np.nanmean(au)) if au else np.nan,
+                         "jacobian_spearman": float(np.nanmean(sp)) if sp else np.nan, "n_traj": len(per)})
+        if per:
+            maps[f"{method}_auroc_by_horizon"] = np.nanmean([np.asarray(s.auroc) for s in per], 0)
+            maps[f"{method}_spearman_by_horizon"] = np.nanmean([np.asarray(s.spearman) for s in per], 0)
+            maps["true_auroc_by_horizon"] = np.nanmean([np.asarray(s.true_auroc) for s in per], 0)
+    # saliency of q_1 over (time lag, oscillator) at the last horizon inside and beyond the window
+    n_osc = graph.shape[0]
+    groups = A._layout_groups("auto", n_osc, ds.state_dim)
+    member = jnp.asarray(A._membership(groups, ds.state_dim), dtype)
+    ctx0 = jnp.asarray(ds.test[0, :C], dtype)
+    for split, h_idx in (("inside", np.flatnonzero(ts_abs <= ds.t_train)), ("beyond", np.flatnonzero(ts_abs > ds.t_train))):
+        if h_idx.size:
+            h = int(horizons[h_idx[-1]])
+            lag = jax.jacrev(lambda c: model.forecast(c, h + 1)[h, 0])(ctx0)  # (C, D)
+            maps[f"lag_map_{split}"] = np.asarray(jnp.abs(lag) @ member.T)[::-1]  # lag 0 first
+            maps[f"true_row_{split}"] = np.abs(true_all[0][h_idx[-1]][0]) @ np.asarray(member.T)
+    maps["true_jacobian"] = true_all[0]
+    maps["ts_abs"] = ts_abs
+    if hasattr(model, "coupling") and getattr(model, "readout", 1) is None:
+        auroc = float(A.coupling_auroc(np.asarray(model.coupling()), graph))
+        for split in ("inside", "beyond"):
+            rows.append({"method": "learned_coupling", "split": split, "coupling_auroc": auroc,
+                         "jacobian_spearman": np.nan, "n_traj": 0})
+    return rows, maps
+
+
+def _write_csv(path: Path, columns, rows):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_text_atomic(path, buf.getvalue())
+
+
+def run(preset: Preset, out: Path, *, progress: bool = True) -> list[dict]:
+    """Attributes every stored model of the preset; skips models already attributed."""
+    from . import extrapolation as E
+
+    adir = out / "attribution"
+    adir.mkdir(parents=True, exist_ok=True)
+    rows, probe_rows = [], []
+    for spec in preset.systems:
+        for label in preset.models:
+            seed = preset.seeds[0]
+            key = f"{spec.name}_n{spec.n}__{E._slug(label)}__seed{seed}"
+            done = adir / f"{key}.json"
+            if done.exists():
+                rec = json.loads(done.read_text())
+            else:
+                try:
+                    model, ds = E.load_model(out, spec, label, seed, preset)
+                except FileNotFoundError:
+                    continue  # not trained (n/a or failed)
+                r, maps = attribute_model(model, ds, preset)
+                np.savez(adir / f"{key}.npz", **maps)
+                rec = {"system": spec.name, "model": E.model_label(label, ds.system), "rows": r,
+                       "probes": probe_model(model, ds, preset, adir / f"{key}_probes.npz")}
+                write_json_atomic(done, rec)
+            for r in rec["rows"]:
+                rows.append({"system": rec["system"], "model": rec["model"], **r})
+            for r in rec["probes"]:
+                probe_rows.append({"system": rec["system"], "model": rec["model"], **r})
+            if progress:
+                best = [r for r in rec["rows"] if r["split"] == "inside"]
+                print("[attribution] " + rec["model"] + ": " + ", ".join(
+                    f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best), flush=True)
+    _write_csv(out / "attribution.csv", ATTR_COLUMNS, rows)
+    _write_csv(out / "probes.csv", PROBE_COLUMNS, probe_rows)
+    return rows
+
+
+def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
+    """Probes, dissection, hidden-state PCA and fixed points of an LSTM (other models have no
+    hidden state: returns no rows). Stores the arrays behind the figures at `path`."""
+    import jax
+    import jax.numpy as jnp
+
+    import dynamics
+    import models
+    from models import probes as P
+
+    if not isinstance(model, models.LSTM):
+        return []
+    system, C = ds.system, preset.context
+    n_tr = ds.n_train_steps
+    test = np.asarray(ds.test)
+    n = min(8, test.shape[0])
+    dtype = jax.tree.leaves(__import__("flax").nnx.state(model))[0].dtype
+    total = test.shape[1] - C
+    run = jax.jit(jax.vmap(lambda c: model.forecast_hidden(c, total)))
+    fc, hs = (np.asarray(a, np.float64) for a in run(jnp.asarray(test[:n, :C], dtype)))
+    inside = ds.ts[C:] <= ds.t_train + 1e-9
+    # hidden states while free-running, inside and beyond the training window, with the true states
+    h_in, h_out = hs[:, inside].reshape(-1, hs.shape[-1]), hs[:, ~inside].reshape(-1, hs.shape[-1])
+    y_in, y_out = test[:n, C:][:, inside].reshape(-1, test.shape[-1]), test[:n, C:][:, ~inside].reshape(-1, test.shape[-1])
+    g_in = np.repeat(np.arange(n), inside.sum())
+    g_out = np.repeat(np.arange(n), (~inside).sum())
+    ctrl = np.asarray(P.random_features_control(model, jnp.asarray(fc, dtype), key=7), np.float64)
+    c_in, c_out = ctrl[:, inside].reshape(-1, ctrl.shape[-1]), ctrl[:, ~inside].reshape(-1, ctrl.shape[-1])
+    rows = []
+    for split, h, c, y, g in (("inside", h_in, c_in, y_in, g_in), ("beyond", h_out, c_out, y_out, g_out)):
+        for r in P.probe_report(h, P.physical_targets(system, y), control_hidden=c, key=0, groups=g):
+            rows.append({"quantity": r["quantity"], "split": split, "r2": float(r["r2"]),
+                         "control_r2": float(r["control_r2"])})
+    k = min(8, h_in.shape[-1])
+    dep = P.manifold_departure(h_in, h_out, n_components=k, key=0)
+    dis = P.dissect(h_in, P.physical_concepts(system, y_in), quantile="matched")
+    pca = P.pca_fit(h_in, n_components=2)
+    arrays = {"pca_inside": P.pca_transform(pca, h_in), "pca_beyond": P.pca_transform(pca, h_out),
+              "dissection_iou": np.asarray(dis.iou), "dissection_concepts": np.asarray(list(dis.concepts)),
+              "residual_ratio": np.asarray(dep.residual_ratio), "distance_ratio": np.asarray(dep.distance_ratio)}
+    rows.append({"quantity": "manifold_residual_ratio", "split": "beyond", "r2": float(dep.residual_ratio),
+                 "control_r2": np.nan})
+    rows.append({"quantity": "manifold_distance_ratio", "split": "beyond", "r2": float(dep.distance_ratio),
+                 "control_r2": np.nan})
+    if hasattr(system, "omega") and hasattr(system, "coupling") and system.second_order:
+        true_modes, _ = dynamics.HarmonicChain(np.asarray(system.omega), np.asarray(system.coupling)).normal_modes()
+        fp = P.lstm_fixed_points(model, key=0, context=jnp.asarray(test[0, :C], dtype), n_starts=8)
+        if len(fp.eigenvalues):
+            cmp = P.compare_to_normal_modes(np.asarray(fp.eigenvalues), np.asarray(true_modes), ds.dt,
+                                            min_modulus=0.9)
+            arrays.update(fixed_point_eigenvalues=np.asarray(fp.eigenvalues), true_modes=np.asarray(true_modes),
+                          matched_frequencies=np.asarray(cmp.model_freqs), mode_relative_error=np.asarray(cmp.relative_error))
+            rows.append({"quantity": "normal_mode_freq_rel_error", "split": "fixed_point",
+                         "r2": float(np.median(np.asarray(cmp.relative_error))), "control_r2": np.nan})
+    np.savez(path, **arrays)
+    return rows
+
+
+@dataclasses.dataclass
+class Args:
+    """Runs the attribution study on the models stored by the extrapolation study."""
+
+    preset: str = "quick"
+    out: Path | None = None
+    figures: Path | None = None
+    progress: bool = True
+
+
+def main(argv=None) -> None:
+    import tyro
+
+    args = tyro.cli(Args, args=argv)
+    preset = get_preset(args.preset)
+    setup_jax()
+    out = args.out or Path("results") / preset.name
+    run(preset, out, progress=args.progress)
+    from .attribution_figures import draw_all
+
+    draw_all(out, args.figures or Path("figures") / preset.name)
+    print((out / "attribution.csv").read_text())
+
+
+if __name__ == "__main__":
+    main()

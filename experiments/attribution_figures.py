@@ -1,0 +1,153 @@
+"""Figures of the attribution study, drawn from the stored arrays (no training, no attribution)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _records(out: Path):
+    for rec_path in sorted((out / "attribution").glob("*.json")):
+        rec = json.loads(rec_path.read_text())
+        npz = rec_path.with_suffix(".npz")
+        maps = dict(np.load(npz)) if npz.exists() else {}
+        probes = rec_path.with_name(rec_path.stem + "_probes.npz")
+        yield rec, maps, (dict(np.load(probes)) if probes.exists() else {})
+
+
+def lag_maps(out: Path, path: Path):
+    recs = [(r, m) for r, m, _ in _records(out) if "lag_map_inside" in m]
+    if not recs:
+        return None
+    fig, axes = plt.subplots(len(recs), 3, figsize=(11, 2.3 * len(recs) + 0.6), squeeze=False)
+    for row, (rec, m) in zip(axes, recs):
+        for ax, split in zip(row[:2], ("inside", "beyond")):
+            if f"lag_map_{split}" in m:
+                im = ax.imshow(m[f"lag_map_{split}"].T, aspect="auto", cmap="viridis", origin="lower")
+                fig.colorbar(im, ax=ax, fraction=0.04)
+            ax.set_title(f"{rec['model']}: |d q₁/d context| ({split})", fontsize=8)
+            ax.set_xlabel("time lag (steps before t_C)", fontsize=8)
+            ax.set_ylabel("oscillator", fontsize=8)
+        true = np.stack([m.get("true_row_inside", np.nan), m.get("true_row_beyond", np.nan)])
+        im = row[2].imshow(true.T, aspect="auto", cmap="viridis", origin="lower")
+        fig.colorbar(im, ax=row[2], fraction=0.04)
+        row[2].set_xticks([0, 1], ["inside", "beyond"], fontsize=8)
+        row[2].set_title("truth: |d q₁(t)/d y(t_C)| (lag 0)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def coupling_recovery(out: Path, path: Path):
+    rows = _read(out / "attribution.csv")
+    if not rows:
+        return None
+    labels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(labels)), 4.5))
+    x = np.arange(len(labels))
+    for j, split in enumerate(("inside", "beyond")):
+        vals = [next((float(r["coupling_auroc"]) for r in rows if (r["model"], r["method"]) == lab
+                      and r["split"] == split), np.nan) for lab in labels]
+        ax.bar(x + (j - 0.5) * 0.4, vals, 0.4, label=f"{split} the training window")
+    ax.axhline(0.5, color="0.5", ls=":", lw=1)
+    ax.set_xticks(x, [f"{m}\n{meth}" for m, meth in labels], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("coupling-graph AUROC")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("Recovering the true coupling graph from each model's attributions")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def auroc_by_horizon(out: Path, path: Path):
+    recs = [(r, m) for r, m, _ in _records(out) if "saliency_auroc_by_horizon" in m]
+    if not recs:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (rec, m) in enumerate(recs):
+        ax.plot(m["ts_abs"], m["saliency_auroc_by_horizon"], label=rec["model"], color=f"C{i}")
+    ax.plot(recs[0][1]["ts_abs"], recs[0][1]["true_auroc_by_horizon"], color="black", ls="--", label="true Jacobian")
+    ax.set_xscale("log")
+    ax.set_xlabel("forecast time t")
+    ax.set_ylabel("coupling AUROC (saliency)")
+    ax.set_title("Graph recovery against the forecast horizon")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def probes(out: Path, path: Path):
+    rows = [r for r in _read(out / "probes.csv") if r["split"] in ("inside", "beyond")]
+    if not rows:
+        return None
+    quantities = list(dict.fromkeys(r["quantity"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(quantities)), 4.5))
+    x = np.arange(len(quantities))
+    for j, (split, key) in enumerate((("inside", "r2"), ("beyond", "r2"), ("inside", "control_r2"))):
+        vals = [next((float(r[key]) for r in rows if r["quantity"] == q and r["split"] == split), np.nan)
+                for q in quantities]
+        ax.bar(x + (j - 1) * 0.27, np.clip(vals, -0.2, 1), 0.27,
+               label=f"{'random-network control' if key == 'control_r2' else 'trained LSTM'} ({split})")
+    ax.set_xticks(x, quantities, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("probe R² (clipped at −0.2)")
+    ax.set_title("Linear probes of the LSTM's hidden state")
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def dissection_and_pca(out: Path, path: Path):
+    recs = [(r, p) for r, _, p in _records(out) if "pca_inside" in p]
+    if not recs:
+        return None
+    rec, p = recs[0]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    iou = p["dissection_iou"]
+    top = np.argsort(-iou.max(1))[:16]
+    im = a1.imshow(iou[top], aspect="auto", cmap="magma")
+    fig.colorbar(im, ax=a1, fraction=0.04)
+    a1.set_xticks(range(iou.shape[1]), p["dissection_concepts"], rotation=60, ha="right", fontsize=7)
+    a1.set_yticks(range(len(top)), [f"unit {u}" for u in top], fontsize=7)
+    a1.set_title(f"{rec['model']}: unit dissection (IoU, top units)")
+    a2.scatter(*p["pca_inside"].T, s=2, alpha=0.4, label="inside the training window")
+    a2.scatter(*p["pca_beyond"].T, s=2, alpha=0.4, label="beyond it (free-running)")
+    a2.set_xlabel("PC 1 (fitted inside)")
+    a2.set_ylabel("PC 2")
+    a2.set_title(f"hidden states: residual ratio {float(p['residual_ratio']):.2g}, "
+                 f"distance ratio {float(p['distance_ratio']):.2g}", fontsize=9)
+    a2.legend(fontsize=8, frameon=False, markerscale=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_all(out: Path, fig_dir: Path) -> list[Path]:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    made = [lag_maps(out, fig_dir / "attribution_maps.png"),
+            coupling_recovery(out, fig_dir / "coupling_recovery.png"),
+            auroc_by_horizon(out, fig_dir / "auroc_by_horizon.png"),
+            probes(out, fig_dir / "probes.png"),
+            dissection_and_pca(out, fig_dir / "dissection_pca.png")]
+    return [p for p in made if p is not None]
