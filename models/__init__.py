@@ -8,3 +8,4 @@ from .lstm import LSTM as LSTM
 from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE
 from .oscillators import OscillatorModel as OscillatorModel
 from .train import TrainingDiverged as TrainingDiverged, fit as fit, fit_ensemble as fit_ensemble
+from . import attribution as attribution, probes as probes
