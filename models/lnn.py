@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ._base import ODEModel
 from ._common import MLP, check_state_dim
+
+
+def _tikhonov(w, eps):
+    return w / (w**2 + eps**2)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _tikhonov_inverse(h, eps):
+    """`V diag(w / (w^2 + eps^2)) V^T` for a symmetric `h = V diag(w) V^T`.
+
+    A smooth matrix function of `h`, but the derivative of `eigh` divides by
+    eigenvalue gaps and is NaN at repeated eigenvalues (a Hessian that is zero
+    or a multiple of the identity). The JVP below is the Daleckii-Krein formula,
+    `d f(h) = V (G o (V^T dh V)) V^T` with `G_ij = (f(w_i) - f(w_j)) / (w_i - w_j)`,
+    and `f'(w_i)` where the eigenvalues coincide: finite everywhere.
+    """
+    w, v = jnp.linalg.eigh(h)
+    return (v * _tikhonov(w, eps)) @ v.T
+
+
+@_tikhonov_inverse.defjvp
+def _tikhonov_inverse_jvp(eps, primals, tangents):
+    (h,), (dh,) = primals, tangents
+    w, v = jnp.linalg.eigh(h)
+    fw = _tikhonov(w, eps)
+    gap = w[:, None] - w[None, :]
+    tol = jnp.sqrt(jnp.finfo(w.dtype).eps) * (eps + jnp.abs(w[:, None]) + jnp.abs(w[None, :]))
+    close = jnp.abs(gap) <= tol
+    mid = 0.5 * (w[:, None] + w[None, :])
+    slope = (eps**2 - mid**2) / (mid**2 + eps**2) ** 2  # f'(mid)
+    g = jnp.where(close, slope, (fw[:, None] - fw[None, :]) / jnp.where(close, 1.0, gap))
+    return (v * fw) @ v.T, v @ (g * (v.T @ dh @ v)) @ v.T
 
 
 class LNN(ODEModel):
@@ -46,8 +80,7 @@ class LNN(ODEModel):
         grad_q = jax.grad(self.lagrangian, argnums=0)(q, qdot)
         mixed = jax.jacfwd(jax.grad(self.lagrangian, argnums=1), argnums=0)(q, qdot)
         rhs = grad_q - mixed @ qdot
-        w, v = jnp.linalg.eigh(0.5 * (hess + hess.T))
-        return v @ ((w / (w**2 + self.eps**2)) * (v.T @ rhs))
+        return _tikhonov_inverse(0.5 * (hess + hess.T), self.eps) @ rhs
 
     def field(self, y):
         q, qdot = y[: self.n], y[self.n:]
