@@ -241,11 +241,13 @@ class _Checkpoints:
         tmp.replace(self.log)
 
     def save(self, chunk: int, state, record: dict):
+        # The log line first: a run killed before the checkpoint lands leaves a record that
+        # `restore` drops (its chunk is past the latest step), never a checkpoint without one.
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
         leaves = jax.tree.leaves(state)
         self.mngr.save(chunk, args=self._ocp.args.StandardSave({str(i): x for i, x in enumerate(leaves)}))
         self.mngr.wait_until_finished()
-        with open(self.log, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
     def close(self):
         self.mngr.close()
