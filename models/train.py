@@ -217,6 +217,8 @@ class _Checkpoints:
     def restore(self, template):
         step = self.mngr.latest_step()
         if step is None:
+            if self.log.exists():  # records of a run killed before its first checkpoint
+                self._rewrite_log([])
             return None, []
         leaves, treedef = jax.tree.flatten(template)
         abstract = {str(i): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
