@@ -54,7 +54,8 @@ def _forecast_jacobians(model, context, horizons, method: str, *, ig_steps: int 
         full = jac(context) * context
     elif method == "integrated_gradients":
         alphas, weights = quadrature("gausslegendre", ig_steps)
-        full = sum(w * jac(a * context) for a, w in zip(alphas, weights)) * context
+        dt = context.dtype
+        full = sum(jnp.asarray(w, dt) * jac(jnp.asarray(a, dt) * context) for a, w in zip(alphas, weights)) * context
     else:
         raise ValueError(f"unknown method {method!r}")
     return full.sum(axis=2)  # pool over the context's time lags

@@ -101,7 +101,8 @@ class LSTM(AbstractModel):
         return x, zs + x @ self.w_out.value + self.b_out.value, new_state
 
     def _norm(self, y):
-        return (y - self.mean.value) / self.std.value
+        # computed in the parameters' dtype, so float64 inputs meet float32 weights cleanly
+        return ((y - self.mean.value) / self.std.value).astype(self.w_out.value.dtype)
 
     def _denorm(self, z):
         return z * self.std.value + self.mean.value
