@@ -55,13 +55,14 @@ def _forecast_jacobians(model, context, horizons, method: str, *, ig_steps: int 
     elif method == "integrated_gradients":
         alphas, weights = quadrature("gausslegendre", ig_steps)
         dt = context.dtype
-        full = sum(jnp.asarray(w, dt) * jac(jnp.asarray(a, dt) * context) for a, w in zip(alphas, weights)) * context
+        along = jax.lax.map(lambda a: jac(a * context), jnp.asarray(alphas, dt))  # the path's nodes
+        full = jnp.tensordot(jnp.asarray(weights, dt), along, axes=1) * context
     else:
         raise ValueError(f"unknown method {method!r}")
     return full.sum(axis=2)  # pool over the context's time lags
 
 
-def attribute_model(model, ds, preset: Preset, *, n_traj: int = 4, n_horizons: int = 24):
+def attribute_model(model, ds, preset: Preset):
     """Scores of every method for one model; also returns the maps drawn in the figures."""
     import jax
     import jax.numpy as jnp
@@ -69,12 +70,14 @@ def attribute_model(model, ds, preset: Preset, *, n_traj: int = 4, n_horizons: i
     from models import attribution as A
 
     system, C, dt = ds.system, preset.context, ds.dt
+    n_traj, n_horizons = min(preset.attr_traj, ds.test.shape[0]), preset.attr_horizons
     t_c = ds.ts[C - 1]
     total = len(ds.ts) - C
     horizons = np.unique(np.geomspace(1, total, n_horizons).astype(int)) - 1  # steps after the context
     ts_abs = t_c + (horizons + 1) * dt
     graph = np.asarray(system.coupling_graph())
-    fwd = jax.jit(lambda ctx, m: _forecast_jacobians(model, ctx, horizons, m), static_argnums=1)
+    fwd = jax.jit(lambda ctx, m: _forecast_jacobians(model, ctx, horizons, m, ig_steps=preset.ig_steps),
+                  static_argnums=1)
     rows, maps = [], {}
     true_all = []
     for i in range(n_traj):

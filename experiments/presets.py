@@ -73,6 +73,12 @@ class Preset:
     eval_every: int = 250
     window: int = 30
     """multiple-shooting window (steps) of the ODE models"""
+    attr_traj: int = 2
+    """test trajectories attributed per model"""
+    attr_horizons: int = 12
+    """forecast horizons (log-spaced) at which attributions are scored"""
+    ig_steps: int = 8
+    """Gauss-Legendre nodes of integrated gradients in the study"""
 
     def __post_init__(self):
         for label in self.models:
@@ -137,6 +143,7 @@ PRESETS: dict[str, Preset] = {
                 "OscillatorModel(k=2)", "HNN", "LNN", "DissipativeHNN"),
         seeds=(0, 1, 2, 3, 4),
         n_train=256, n_test=32, steps=5000, lstm_steps=5000, eval_every=500,
+        attr_traj=8, attr_horizons=24, ig_steps=32,
     ),
 }
 
