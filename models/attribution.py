@@ -26,6 +26,10 @@ Ground truth
 Sums over many evaluation points (path steps, noise samples, windows) run in
 chunks of `chunk_size` points: `jax.vmap` inside a chunk, `jax.lax.scan` over
 chunks, so memory grows with `chunk_size`, not with the number of points.
+
+Each eager call compiles its own program (the function `fn` is new to JAX on
+every call). To explain many inputs, `jax.vmap` over them or wrap the call in
+`jax.jit` once, e.g. `ig = jax.jit(lambda x: integrated_gradients(fn, x))`.
 """
 
 from __future__ import annotations
@@ -142,13 +146,18 @@ def _check_nonnegative(name: str, value) -> None:
 
 
 def _baseline(x: Array, baseline) -> Array:
-    """`None` means zeros; a scalar is broadcast; otherwise the shape must equal `x`'s."""
+    """Checks `baseline` (`None` means zeros; a scalar is broadcast; otherwise the
+    shape must equal `x`'s) and returns it as an array; broadcast it with `_like`."""
     if baseline is None:
-        return jnp.zeros_like(x)
+        return jnp.zeros((), x.dtype)
     b = jnp.asarray(baseline, dtype=x.dtype)
     if b.shape not in ((), x.shape):
         raise ValueError(f"baseline must be a scalar or have the shape of x {x.shape}, got shape {b.shape}")
-    return jnp.broadcast_to(b, x.shape)
+    return b
+
+
+def _like(b: Array, x: Array) -> Array:
+    return jnp.broadcast_to(jnp.asarray(b, x.dtype), x.shape)
 
 
 def _safe_div(a: Array, b: Array) -> Array:
@@ -195,7 +204,8 @@ def _chunked_reduce(g: Callable, points: Any, *, chunk_size: int) -> Any:
 
     if valid.shape[0] == 1:
         return chunk_sum(jax.tree.map(lambda a: a[0], chunks), valid[0])
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(g, jax.tree.map(lambda a: a[0, 0], chunks)))
+    out_struct = jax.eval_shape(g, jax.tree.map(lambda a: a[0, 0], chunks))
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_struct)
 
     def body(acc, inp):
         return jax.tree.map(jnp.add, acc, chunk_sum(*inp)), None
@@ -221,7 +231,9 @@ def _chunked_map(g: Callable, points: Any, *, chunk_size: int) -> Any:
 # --------------------------------------------------------------------------- #
 
 
-def saliency(fn: ScalarFn, x: Float[ArrayLike, "*shape"], *, abs: bool = False) -> Float[Array, "*shape"]:
+def saliency(
+    fn: ScalarFn, x: Float[ArrayLike, "*shape"], *, abs: bool = False
+) -> Float[Array, "*shape"]:
     r"""The gradient `d fn / d x` at `x` (Simonyan et al. 2014).
 
     With `abs=True` its elementwise magnitude `|d fn / d x|` (Captum's default;
@@ -311,6 +323,7 @@ def _ig_and_delta(fn, x, baseline, steps, method, chunk_size):
 
     @jax.jit
     def run(x, b, alphas, weights):
+        b = _like(b, x)
         delta = x - b
 
         def weighted_grad(p):
@@ -367,7 +380,7 @@ def completeness_delta(
     if attr.shape != x.shape:
         raise ValueError(f"attr must have the shape of x {x.shape}, got {attr.shape}")
     b = _baseline(x, baseline)
-    return jnp.sum(attr) - (fn(x) - fn(b))
+    return jax.jit(lambda x, attr, b: jnp.sum(attr) - (fn(x) - fn(_like(b, x))))(x, attr, b)
 
 
 def integrated_gradients_with_delta(
@@ -394,21 +407,21 @@ def integrated_gradients_with_delta(
 # --------------------------------------------------------------------------- #
 
 
-def _normal_noise(key, n, x, sigma):
-    """`n` draws of `N(0, sigma^2 I)` shaped like `x`, generated up front.
+def _normal_noise(key, n, x):
+    """`n` draws of `N(0, I)` shaped like `x`, generated up front.
 
     One call to `jax.random.normal` for all draws: its compiled kernel is
     cached per shape, and the result does not depend on `chunk_size`. It holds
     `n * x.size` numbers, the same as the input batch Captum would build.
     """
-    return sigma * jax.random.normal(key, (n, *x.shape), x.dtype)
+    return jax.random.normal(key, (n, *x.shape), x.dtype)
 
 
-def _sum_noise_grads(fn, x, eps, shift, chunk_size, *, squares: bool):
+def _sum_noise_grads(fn, x, eps, sigma, shift, chunk_size, *, squares: bool):
     grad = jax.grad(fn)
 
     def one(e):
-        g = grad(x + e) - shift
+        g = grad(x + sigma * e) - shift
         return (g, g * g) if squares else g
 
     return _chunked_reduce(one, eps, chunk_size=chunk_size)
@@ -438,9 +451,9 @@ def smoothgrad(
     `stdevs`), not a fraction of the input range. `sigma = 0` gives `saliency`.
     """
     x, n, chunk_size = _check_noise_args(fn, x, n, sigma, chunk_size)
-    eps = _normal_noise(key, n, x, sigma)
-    run = jax.jit(lambda x, eps: _sum_noise_grads(fn, x, eps, 0.0, chunk_size, squares=False) / n)
-    return run(x, eps)
+    eps = _normal_noise(key, n, x)
+    run = jax.jit(lambda x, eps, sigma: _sum_noise_grads(fn, x, eps, sigma, 0.0, chunk_size, squares=False) / n)
+    return run(x, eps, sigma)
 
 
 def vargrad(
@@ -460,15 +473,15 @@ def vargrad(
     cancellation. `sigma = 0` gives zeros.
     """
     x, n, chunk_size = _check_noise_args(fn, x, n, sigma, chunk_size)
-    eps = _normal_noise(key, n, x, sigma)
+    eps = _normal_noise(key, n, x)
 
     @jax.jit
-    def run(x, eps):
-        s1, s2 = _sum_noise_grads(fn, x, eps, jax.grad(fn)(x), chunk_size, squares=True)
+    def run(x, eps, sigma):
+        s1, s2 = _sum_noise_grads(fn, x, eps, sigma, jax.grad(fn)(x), chunk_size, squares=True)
         mean = s1 / n
         return jnp.maximum(s2 / n - mean * mean, 0.0)
 
-    return run(x, eps)
+    return run(x, eps, sigma)
 
 
 # --------------------------------------------------------------------------- #
@@ -523,7 +536,6 @@ def occlusion(
             raise ValueError
     except ValueError:
         raise ValueError(f"baseline must broadcast to the shape of x {x.shape}, got shape {b.shape}") from None
-    b = jnp.broadcast_to(b, x.shape)
 
     starts = _window_starts(T, window, stride)
     counts = np.zeros(T)
@@ -533,8 +545,10 @@ def occlusion(
         st, ch = np.repeat(starts, D), np.tile(np.arange(D), len(starts))
     else:
         st, ch = starts, np.full(len(starts), -1)
+
     @jax.jit
     def run(x, b, st, ch, counts):
+        b = _like(b, x)
         t_idx = jnp.arange(T)[:, None]
         d_idx = jnp.arange(D)[None, :]
         f0 = fn(x)
@@ -778,10 +792,11 @@ def infidelity(
     n = _check_int("n", n, minimum=1)
     _check_nonnegative("sigma", sigma)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1)
-    perts = _normal_noise(key, n, x, sigma)
+    perts = _normal_noise(key, n, x)
 
     @jax.jit
-    def run(x, attr, perts):
+    def run(x, attr, perts, sigma):
+        perts = sigma * perts
         f0 = fn(x)
 
         def one(pert):
@@ -792,7 +807,7 @@ def infidelity(
             d = d * _safe_div(jnp.sum(d * diff), jnp.sum(d * d))
         return jnp.mean((d - diff) ** 2)
 
-    return run(x, attr, perts)
+    return run(x, attr, perts, sigma)
 
 
 def max_sensitivity(
@@ -817,10 +832,11 @@ def max_sensitivity(
     n = _check_int("n", n, minimum=1)
     _check_nonnegative("radius", radius)
     chunk_size = _check_int("chunk_size", chunk_size, minimum=1)
-    ds = radius * jax.random.uniform(key, (n, *x.shape), x.dtype, minval=-1.0, maxval=1.0)
+    ds = jax.random.uniform(key, (n, *x.shape), x.dtype, minval=-1.0, maxval=1.0)
 
     @jax.jit
-    def run(x, ds):
+    def run(x, ds, radius):
+        ds = radius * ds
         e0 = explain_fn(x)
 
         def one(d):
@@ -830,7 +846,7 @@ def max_sensitivity(
         norm0 = jnp.sqrt(jnp.sum(e0**2))
         return jnp.where(norm0 > 0, _safe_div(worst, norm0), worst)
 
-    return run(x, ds)
+    return run(x, ds, radius)
 
 
 def _rankdata(a: Array) -> Array:
