@@ -21,9 +21,19 @@ _COLORS = {"truth": "black", "LSTM": "tab:red", "NeuralODE": "tab:orange", "Seco
 
 
 def _color(model: str, i: int = 0):
+    """A fixed colour per model; the structured model is green with the most oscillators
+    (`k = n`) and olive with fewer."""
     if model.startswith("OscillatorModel"):
-        return "tab:green" if i == 0 else "olive"
+        return "tab:green" if model == _color.k_max else "olive"
     return _COLORS.get(model, f"C{i % 10}")
+
+
+_color.k_max = None
+
+
+def _set_k_max(models):
+    osc = _osc_labels(models)
+    _color.k_max = osc[0] if osc else None
 
 
 def load_runs(out: Path) -> dict:
@@ -182,6 +192,7 @@ def draw_all(out: Path, figures: Path, t_train: float) -> list[Path]:
     figures.mkdir(parents=True, exist_ok=True)
     rows = read_metrics(out)
     runs = load_runs(out)
+    _set_k_max({r["model"] for r in rows})
     made = []
     for system in sorted({r["system"] for r in rows}):
         tag = system
