@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -77,5 +78,8 @@ def _uniform(key, shape, half_width):
 def _check_sample_args(n, scale):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    if not (float(scale) > 0 and jnp.isfinite(scale)):
+    if isinstance(scale, jax.core.Tracer):
+        return  # a traced scale cannot be checked here
+    # plain Python arithmetic: `jnp.isfinite` would make a tracer under `jax.jit`
+    if not (float(scale) > 0 and math.isfinite(float(scale))):
         raise ValueError(f"scale must be finite and > 0, got {scale!r}")

@@ -1,0 +1,1 @@
+"""Experiments: the commands that run the study, the benchmarks and the figures."""

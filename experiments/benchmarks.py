@@ -1,0 +1,332 @@
+"""Benchmarks: how fast the exact simulators are, against the obvious alternatives.
+
+Run with `python -m experiments.benchmarks`. Every section is one function
+`bench_<name>(args) -> dict` registered in `SECTIONS`; its result is merged
+into `<out>/benchmarks.json` under `"sections"/<name>`, so a run of one section
+never clobbers the stored results of another. The file's structure is
+
+    {"environment": {...}, "sections": {"simulate": {...}, ...}}
+
+**Section `simulate`.** `dynamics.simulate` (diffrax Tsit5, JIT-compiled and
+vmapped over a batch of initial states) against `scipy.integrate.solve_ivp`
+on the same problem at the same tolerances: 4 pendulums on a chain, `t` in
+`[0, 40]` sampled at 801 times, `rtol = atol = 1e-8`, float64 on both sides.
+Compilation is timed separately and excluded; the batched solve is timed with
+`jax.block_until_ready` (median of several repeats). `solve_ivp` gets one call
+per initial state with a vectorised NumPy right-hand side (the fastest way to
+use it; the same field, checked against `system.vector_field`), with RK45 (the
+same order as Tsit5) and DOP853; it is timed on a subset of the states and
+reported per trajectory. Both sides report their step counts, so the speed-up
+can be read as work per step times number of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dynamics
+from dynamics import _simulate
+
+
+# ---------------------------------------------------------------------- helpers
+def environment() -> dict:
+    """Versions, device and machine: enough to tell whether two runs are comparable."""
+    import diffrax
+    import equinox
+    import jaxlib
+
+    try:
+        import scipy
+
+        scipy_version = scipy.__version__
+    except ImportError:  # pragma: no cover
+        scipy_version = None
+    dev = jax.devices()[0]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "diffrax": diffrax.__version__,
+        "equinox": equinox.__version__,
+        "scipy": scipy_version,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '?')}",
+        "n_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "eqx_on_error": os.environ.get("EQX_ON_ERROR", ""),
+        # other work on the machine inflates timings: record how busy it was
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _time(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of `fn` (which must block until its work is done)."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _summary(times: list[float]) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
+
+
+# ------------------------------------------------------------ section: simulate
+def _pendulum_problem(n: int = 4, kappa: float = 0.5, seed: int = 0):
+    """The benchmark problem: `n` pendulums on a chain, frequencies drawn once from a seeded RNG."""
+    rng = np.random.default_rng(seed)
+    omega = rng.uniform(0.8, 1.2, n)
+    return dynamics.CoupledPendulums(omega, dynamics.chain_coupling(n, kappa))
+
+
+def _numpy_field(system: dynamics.CoupledPendulums) -> Callable:
+    """`system.vector_field` in plain NumPy (what a careful scipy user would write)."""
+    omega2 = np.asarray(system.omega) ** 2
+    k = np.asarray(system.coupling)
+    lap = np.diag(k.sum(axis=1)) - k
+    n = omega2.shape[0]
+
+    def f(t, y):
+        q, p = y[:n], y[n:]
+        return np.concatenate([p, -omega2 * np.sin(q) - lap @ q])
+
+    return f
+
+
+def bench_simulate(args: argparse.Namespace) -> dict:
+    """`dynamics.simulate` against `scipy.integrate.solve_ivp` on the same problem, both in float64."""
+    x64 = bool(jax.config.jax_enable_x64)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        return _bench_simulate(args)
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+
+
+def _bench_simulate(args: argparse.Namespace) -> dict:
+    from scipy.integrate import solve_ivp
+
+    rtol = atol = 1e-8
+    t_end, n_times = 40.0, 801
+    batch, n_scipy = args.batch, args.scipy_subset
+    system = _pendulum_problem()
+    ts = jnp.linspace(0.0, t_end, n_times)
+    ts_np = np.asarray(ts)
+    y0 = system.sample_initial_states(jax.random.key(args.seed), batch)
+    y0_np = np.asarray(y0)
+
+    f_np = _numpy_field(system)
+    probe = y0_np[0]
+    if not np.allclose(f_np(0.0, probe), np.asarray(system.vector_field(0.0, probe)), rtol=1e-13, atol=1e-13):
+        raise AssertionError("the NumPy right-hand side disagrees with system.vector_field")
+
+    def run_jax(y):
+        return jax.block_until_ready(dynamics.simulate(system, y, ts, rtol=rtol, atol=atol))
+
+    t0 = time.perf_counter()
+    ys = run_jax(y0)  # compiles
+    compile_s = time.perf_counter() - t0
+    jax_times = _time(lambda: run_jax(y0), args.repeats)
+    jax_per_traj = statistics.median(jax_times) / batch
+    steps = _simulate.num_steps(system, y0, ts, rtol=rtol, atol=atol)
+
+    result: dict = {
+        "problem": {
+            "system": "CoupledPendulums",
+            "n_oscillators": system.n_oscillators,
+            "omega": np.asarray(system.omega).tolist(),
+            "coupling": "chain, kappa=0.5",
+            "t_span": [0.0, t_end],
+            "n_times": n_times,
+            "rtol": rtol,
+            "atol": atol,
+            "batch": batch,
+            "dtype": str(ys.dtype),
+        },
+        "simulate": {
+            "solver": "diffrax.Tsit5 + PIDController, vmapped, jit",
+            "compile_s": compile_s,
+            **_summary(jax_times),
+            "per_trajectory_s": jax_per_traj,
+            "steps_mean": float(steps.mean()),
+            "steps_max": int(steps.max()),
+            # Tsit5 is FSAL: 6 new evaluations per step (accepted or rejected).
+            "fevals_per_trajectory_approx": float(6 * steps.mean()),
+        },
+        "scipy": {},
+    }
+
+    err_ref = None
+    for method in ("RK45", "DOP853"):
+        subset = y0_np[:n_scipy]
+
+        def run_scipy(method=method, subset=subset):
+            return [
+                solve_ivp(f_np, (0.0, t_end), y, method=method, t_eval=ts_np, rtol=rtol, atol=atol)
+                for y in subset
+            ]
+
+        sols = run_scipy()
+        if not all(s.success for s in sols):
+            raise RuntimeError(f"solve_ivp({method}) failed on the benchmark problem")
+        times = _time(run_scipy, args.scipy_repeats)
+        per_traj = statistics.median(times) / n_scipy
+        # accepted steps: a run without t_eval returns every step's endpoint
+        accepted = [
+            len(solve_ivp(f_np, (0.0, t_end), y, method=method, rtol=rtol, atol=atol).t) - 1
+            for y in subset
+        ]
+        agree = float(
+            max(np.max(np.abs(s.y.T - np.asarray(ys[i]))) for i, s in enumerate(sols))
+        )
+        if method == "RK45":
+            err_ref = agree
+        result["scipy"][method] = {
+            "n_trajectories_timed": n_scipy,
+            **_summary(times),
+            "per_trajectory_s": per_traj,
+            "nfev_mean": float(np.mean([s.nfev for s in sols])),
+            "accepted_steps_mean": float(np.mean(accepted)),
+            "max_abs_difference_to_simulate": agree,
+            "speedup_of_simulate": per_traj / jax_per_traj,
+        }
+    result["max_abs_difference_simulate_vs_rk45"] = err_ref
+
+    if jax.default_backend() == "gpu":
+        big = args.gpu_batch
+        yb = system.sample_initial_states(jax.random.key(args.seed + 1), big)
+        t0 = time.perf_counter()
+        run_jax(yb)
+        big_compile = time.perf_counter() - t0
+        big_times = _time(lambda: run_jax(yb), max(3, args.repeats // 2))
+        result["gpu_large_batch"] = {
+            "batch": big,
+            "compile_s": big_compile,
+            **_summary(big_times),
+            "trajectories_per_s": big / statistics.median(big_times),
+        }
+    return result
+
+
+def _print_simulate(res: dict) -> None:
+    p, s = res["problem"], res["simulate"]
+    print(
+        f"\n== simulate: {p['n_oscillators']} pendulums, t in {p['t_span']}, {p['n_times']} samples, "
+        f"rtol=atol={p['rtol']:g}, {p['dtype']}"
+    )
+    print("steps: simulate counts accepted + rejected steps, solve_ivp accepted steps only")
+    print(f"{'method':<34}{'per traj (ms)':>14}{'steps':>10}{'nfev':>10}{'speed-up':>10}")
+    print(
+        f"{'dynamics.simulate (batch ' + str(p['batch']) + ')':<34}{1e3 * s['per_trajectory_s']:>14.3f}"
+        f"{s['steps_mean']:>10.0f}{s['fevals_per_trajectory_approx']:>10.0f}{'1.0x':>10}"
+    )
+    for m, r in res["scipy"].items():
+        print(
+            f"{'solve_ivp ' + m:<34}{1e3 * r['per_trajectory_s']:>14.3f}"
+            f"{r['accepted_steps_mean']:>10.0f}{r['nfev_mean']:>10.0f}{r['speedup_of_simulate']:>9.1f}x"
+        )
+    print(f"compile (excluded above): {s['compile_s']:.2f} s")
+    if "gpu_large_batch" in res:
+        g = res["gpu_large_batch"]
+        print(f"GPU, batch {g['batch']}: {g['trajectories_per_s']:.0f} trajectories/s")
+
+
+def _print_generic(name: str, res: dict, prefix: str = "") -> None:
+    """Prints a section's numbers as `key: value` lines (for sections without their own table)."""
+    if not prefix:
+        print(f"\n== {name}")
+    for k, v in res.items():
+        if isinstance(v, dict):
+            _print_generic(name, v, prefix=f"{prefix}{k}.")
+        elif isinstance(v, float):
+            print(f"{prefix}{k}: {v:.4g}")
+        elif not isinstance(v, list):
+            print(f"{prefix}{k}: {v}")
+
+
+#: name -> (run, print) for each section. A new section is a function `run(args) -> dict`
+#: (JSON-ready) and, optionally, a function printing its table (None: `_print_generic`),
+#: e.g. `SECTIONS["lstm_step"] = (lambda args: _bench_models.lstm_step(), None)`.
+SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None] | None]] = {
+    "simulate": (bench_simulate, _print_simulate),
+}
+
+
+# ------------------------------------------------------------------------- main
+def write_results(out: Path, env: dict, sections: dict[str, dict]) -> Path:
+    """Merges `sections` into `out/benchmarks.json` by section key (others are kept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "benchmarks.json"
+    data = {"environment": {}, "sections": {}}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            print(f"warning: {path} is not valid JSON; starting a new file", file=sys.stderr)
+        data.setdefault("sections", {})
+    data["environment"] = env
+    for name, res in sections.items():
+        data["sections"][name] = {**res, "environment": env}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m experiments.benchmarks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="output directory")
+    ap.add_argument(
+        "--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), help="sections to run"
+    )
+    ap.add_argument("--batch", type=int, default=256, help="initial states solved by simulate")
+    ap.add_argument("--scipy-subset", type=int, default=16, help="states solved by solve_ivp")
+    ap.add_argument("--repeats", type=int, default=7, help="timed repeats of simulate")
+    ap.add_argument("--scipy-repeats", type=int, default=5, help="timed repeats of solve_ivp")
+    ap.add_argument("--gpu-batch", type=int, default=65_536, help="large batch timed on a GPU")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    env = environment()
+    print(
+        f"jax {env['jax']} (jaxlib {env['jaxlib']}), {env['device']}, {env['cpu_count']} CPUs, "
+        f"{env['platform']}, {env['date']}"
+    )
+    results = {}
+    for name in args.sections:
+        run, show = SECTIONS[name]
+        results[name] = run(args)
+        if show is None:
+            _print_generic(name, results[name])
+        else:
+            show(results[name])
+    path = write_results(args.out, env, results)
+    print(f"\nwrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
