@@ -12,7 +12,9 @@ vmapped over a batch of initial states) against `scipy.integrate.solve_ivp`
 on the same problem at the same tolerances: 4 pendulums on a chain, `t` in
 `[0, 40]` sampled at 801 times, `rtol = atol = 1e-8`, float64 on both sides.
 Compilation is timed separately and excluded; the batched solve is timed with
-`jax.block_until_ready` (median of several repeats). `solve_ivp` gets one call
+`jax.block_until_ready`. Timing runs in interleaved rounds (each round times
+every contender once, so that load from other work hits all of them alike);
+the medians over rounds are reported. `solve_ivp` gets one call
 per initial state with a vectorised NumPy right-hand side (the fastest way to
 use it; the same field, checked against `system.vector_field`), with RK45 (the
 same order as Tsit5) and DOP853; it is timed on a subset of the states and
@@ -140,16 +142,56 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
     if not np.allclose(f_np(0.0, probe), np.asarray(system.vector_field(0.0, probe)), rtol=1e-13, atol=1e-13):
         raise AssertionError("the NumPy right-hand side disagrees with system.vector_field")
 
-    def run_jax(y):
-        return jax.block_until_ready(dynamics.simulate(system, y, ts, rtol=rtol, atol=atol))
+    def run_jax(y, solver="tsit5"):
+        return jax.block_until_ready(
+            dynamics.simulate(system, y, ts, rtol=rtol, atol=atol, solver=solver)
+        )
 
-    t0 = time.perf_counter()
-    ys = run_jax(y0)  # compiles
-    compile_s = time.perf_counter() - t0
-    jax_times = _time(lambda: run_jax(y0), args.repeats)
-    jax_per_traj = statistics.median(jax_times) / batch
-    steps = _simulate.num_steps(system, y0, ts, rtol=rtol, atol=atol)
+    subset = y0_np[:n_scipy]
 
+    def run_scipy(method):
+        return [
+            solve_ivp(f_np, (0.0, t_end), y, method=method, t_eval=ts_np, rtol=rtol, atol=atol)
+            for y in subset
+        ]
+
+    # Tsit5 (order 5, the default) and Dopri8 (order 8): the same orders as RK45 and DOP853.
+    solvers = {"tsit5": ("Tsit5", 6), "dopri8": ("Dopri8", 12)}  # FSAL: new evaluations per step
+    methods = ("RK45", "DOP853")
+    compile_s, outs = {}, {}
+    for solver in solvers:
+        t0 = time.perf_counter()
+        outs[solver] = run_jax(y0, solver)  # compiles
+        compile_s[solver] = time.perf_counter() - t0
+    sols = {m: run_scipy(m) for m in methods}  # warm-up, and the solutions to compare
+    for m, ss in sols.items():
+        if not all(sol.success for sol in ss):
+            raise RuntimeError(f"solve_ivp({m}) failed on the benchmark problem")
+
+    # Interleaved rounds: every round times each contender once, so that a change in the
+    # machine's load hits all of them alike; per-round ratios are reported besides the medians.
+    times: dict[str, list[float]] = {k: [] for k in (*solvers, *methods)}
+    for _ in range(args.repeats):
+        for solver in solvers:
+            times[solver] += _time(lambda: run_jax(y0, solver), 1)
+        for m in methods:
+            times[m] += _time(lambda: run_scipy(m), 1)
+    per_traj = {k: [t / (batch if k in solvers else n_scipy) for t in v] for k, v in times.items()}
+
+    rows = {}
+    for solver, (label, stages) in solvers.items():
+        steps = _simulate.num_steps(system, y0, ts, rtol=rtol, atol=atol, solver=solver)
+        rows[solver] = {
+            "solver": f"diffrax.{label} + PIDController, vmapped, jit",
+            "compile_s": compile_s[solver],
+            **_summary(times[solver]),
+            "per_trajectory_s": statistics.median(per_traj[solver]),
+            "steps_mean": float(steps.mean()),
+            "steps_max": int(steps.max()),
+            "fevals_per_trajectory_approx": float(stages * steps.mean()),
+            "max_abs_difference_to_tsit5": float(jnp.max(jnp.abs(outs[solver] - outs["tsit5"]))),
+        }
+    ys = outs["tsit5"]
     result: dict = {
         "problem": {
             "system": "CoupledPendulums",
@@ -162,55 +204,33 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
             "atol": atol,
             "batch": batch,
             "dtype": str(ys.dtype),
+            "rounds": args.repeats,
         },
-        "simulate": {
-            "solver": "diffrax.Tsit5 + PIDController, vmapped, jit",
-            "compile_s": compile_s,
-            **_summary(jax_times),
-            "per_trajectory_s": jax_per_traj,
-            "steps_mean": float(steps.mean()),
-            "steps_max": int(steps.max()),
-            # Tsit5 is FSAL: 6 new evaluations per step (accepted or rejected).
-            "fevals_per_trajectory_approx": float(6 * steps.mean()),
-        },
+        "simulate": rows["tsit5"],
+        "simulate_dopri8": rows["dopri8"],
         "scipy": {},
     }
-
-    err_ref = None
-    for method in ("RK45", "DOP853"):
-        subset = y0_np[:n_scipy]
-
-        def run_scipy(method=method, subset=subset):
-            return [
-                solve_ivp(f_np, (0.0, t_end), y, method=method, t_eval=ts_np, rtol=rtol, atol=atol)
-                for y in subset
-            ]
-
-        sols = run_scipy()
-        if not all(s.success for s in sols):
-            raise RuntimeError(f"solve_ivp({method}) failed on the benchmark problem")
-        times = _time(run_scipy, args.scipy_repeats)
-        per_traj = statistics.median(times) / n_scipy
+    for m in methods:
         # accepted steps: a run without t_eval returns every step's endpoint
-        accepted = [
-            len(solve_ivp(f_np, (0.0, t_end), y, method=method, rtol=rtol, atol=atol).t) - 1
-            for y in subset
-        ]
-        agree = float(
-            max(np.max(np.abs(s.y.T - np.asarray(ys[i]))) for i, s in enumerate(sols))
-        )
-        if method == "RK45":
-            err_ref = agree
-        result["scipy"][method] = {
-            "n_trajectories_timed": n_scipy,
-            **_summary(times),
-            "per_trajectory_s": per_traj,
-            "nfev_mean": float(np.mean([s.nfev for s in sols])),
-            "accepted_steps_mean": float(np.mean(accepted)),
-            "max_abs_difference_to_simulate": agree,
-            "speedup_of_simulate": per_traj / jax_per_traj,
+        accepted = [len(solve_ivp(f_np, (0.0, t_end), y, method=m, rtol=rtol, atol=atol).t) - 1 for y in subset]
+        ratios = {
+            s: [a / b for a, b in zip(per_traj[m], per_traj[s])] for s in solvers
         }
-    result["max_abs_difference_simulate_vs_rk45"] = err_ref
+        result["scipy"][m] = {
+            "n_trajectories_timed": n_scipy,
+            **_summary(times[m]),
+            "per_trajectory_s": statistics.median(per_traj[m]),
+            "nfev_mean": float(np.mean([sol.nfev for sol in sols[m]])),
+            "accepted_steps_mean": float(np.mean(accepted)),
+            "max_abs_difference_to_simulate": float(
+                max(np.max(np.abs(sol.y.T - np.asarray(ys[i]))) for i, sol in enumerate(sols[m]))
+            ),
+            # solve_ivp time per trajectory / simulate's: the ratio of medians, and the per-round ratios
+            "speedup_of_simulate": statistics.median(per_traj[m]) / rows["tsit5"]["per_trajectory_s"],
+            "speedup_of_simulate_dopri8": statistics.median(per_traj[m]) / rows["dopri8"]["per_trajectory_s"],
+            "speedup_of_simulate_per_round": ratios["tsit5"],
+            "speedup_of_simulate_dopri8_per_round": ratios["dopri8"],
+        }
 
     if jax.default_backend() == "gpu":
         big = args.gpu_batch
@@ -229,23 +249,29 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
 
 
 def _print_simulate(res: dict) -> None:
-    p, s = res["problem"], res["simulate"]
+    p = res["problem"]
     print(
         f"\n== simulate: {p['n_oscillators']} pendulums, t in {p['t_span']}, {p['n_times']} samples, "
-        f"rtol=atol={p['rtol']:g}, {p['dtype']}"
+        f"rtol=atol={p['rtol']:g}, {p['dtype']}, simulate batch {p['batch']}"
     )
-    print("steps: simulate counts accepted + rejected steps, solve_ivp accepted steps only")
-    print(f"{'method':<34}{'per traj (ms)':>14}{'steps':>10}{'nfev':>10}{'speed-up':>10}")
-    print(
-        f"{'dynamics.simulate (batch ' + str(p['batch']) + ')':<34}{1e3 * s['per_trajectory_s']:>14.3f}"
-        f"{s['steps_mean']:>10.0f}{s['fevals_per_trajectory_approx']:>10.0f}{'1.0x':>10}"
-    )
+    print("steps: simulate counts accepted + rejected steps, solve_ivp accepted steps only;")
+    print("speed-up: solve_ivp time per trajectory / simulate (Tsit5) time, and / simulate (Dopri8)")
+    print(f"{'method':<26}{'per traj (ms)':>14}{'steps':>8}{'nfev':>8}{'vs Tsit5':>10}{'vs Dopri8':>10}")
+    for name, key in (("simulate Tsit5", "simulate"), ("simulate Dopri8", "simulate_dopri8")):
+        s = res[key]
+        print(
+            f"{name:<26}{1e3 * s['per_trajectory_s']:>14.3f}{s['steps_mean']:>8.0f}"
+            f"{s['fevals_per_trajectory_approx']:>8.0f}{'':>10}{'':>10}"
+        )
     for m, r in res["scipy"].items():
         print(
-            f"{'solve_ivp ' + m:<34}{1e3 * r['per_trajectory_s']:>14.3f}"
-            f"{r['accepted_steps_mean']:>10.0f}{r['nfev_mean']:>10.0f}{r['speedup_of_simulate']:>9.1f}x"
+            f"{'solve_ivp ' + m:<26}{1e3 * r['per_trajectory_s']:>14.3f}{r['accepted_steps_mean']:>8.0f}"
+            f"{r['nfev_mean']:>8.0f}{r['speedup_of_simulate']:>9.1f}x{r['speedup_of_simulate_dopri8']:>9.1f}x"
         )
-    print(f"compile (excluded above): {s['compile_s']:.2f} s")
+    print(
+        f"compile (excluded above): Tsit5 {res['simulate']['compile_s']:.2f} s, "
+        f"Dopri8 {res['simulate_dopri8']['compile_s']:.2f} s"
+    )
     if "gpu_large_batch" in res:
         g = res["gpu_large_batch"]
         print(f"GPU, batch {g['batch']}: {g['trajectories_per_s']:.0f} trajectories/s")
@@ -301,16 +327,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--batch", type=int, default=256, help="initial states solved by simulate")
     ap.add_argument("--scipy-subset", type=int, default=16, help="states solved by solve_ivp")
-    ap.add_argument("--repeats", type=int, default=7, help="timed repeats of simulate")
-    ap.add_argument("--scipy-repeats", type=int, default=5, help="timed repeats of solve_ivp")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (each times every contender once)")
     ap.add_argument("--gpu-batch", type=int, default=65_536, help="large batch timed on a GPU")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--pin-cpu", type=int, default=None, metavar="CPU",
+        help="run the whole process (XLA's threads included) on this one CPU: both sides then get "
+        "one core, and timings on a busy machine are steadier (Linux only)",
+    )
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.pin_cpu is not None:  # before `environment()` starts JAX's backend and its threads
+        os.sched_setaffinity(0, {args.pin_cpu})
     env = environment()
+    env["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     print(
         f"jax {env['jax']} (jaxlib {env['jaxlib']}), {env['device']}, {env['cpu_count']} CPUs, "
         f"{env['platform']}, {env['date']}"
