@@ -115,14 +115,18 @@ class HuygensClocks(AbstractSystem):
         return jnp.ones((n, n)) - jnp.eye(n)
 
     def sample_initial_states(self, key: PRNGKeyArray, n: int, *, scale: float = 1.0):
-        """Clock amplitudes `|theta_i| ~ U(0.5, 1.5) * theta0 * scale` with random signs; beam at rest."""
+        """Each clock at amplitude `A_i ~ U(0.5, 1.5) * theta0 * scale` and a random phase
+        `phi_i ~ U(-pi, pi)`: `theta_i = A_i cos(phi_i)`, `theta_i' = -A_i omega_i sin(phi_i)`,
+        so the clocks start genuinely out of step; the beam starts at rest."""
         _check_sample_args(n, scale)
-        k_amp, k_sign = jax.random.split(key)
+        k_amp, k_phase = jax.random.split(key)
         nc = self.n_oscillators
         amp = jax.random.uniform(k_amp, (n, nc), minval=0.5, maxval=1.5) * self.theta0 * scale
-        sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (n, nc)), 1.0, -1.0)
+        phase = jax.random.uniform(k_phase, (n, nc), minval=-jnp.pi, maxval=jnp.pi)
         zeros = jnp.zeros((n, 1))
-        return jnp.concatenate([amp * sign, zeros, jnp.zeros((n, nc)), zeros], axis=-1)
+        return jnp.concatenate(
+            [amp * jnp.cos(phase), zeros, -amp * self.omega * jnp.sin(phase), zeros], axis=-1
+        )
 
     def phase_difference(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch"]:
         """Phase of clock 2 minus clock 1 in `(-pi, pi]`, from the angle of `(theta_i, theta_i'/omega_i)`."""

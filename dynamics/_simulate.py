@@ -46,6 +46,11 @@ def _solve_batch(system, y0, ts, rtol, atol, *, max_steps, solver, adjoint):
     return jax.vmap(one)(y0)
 
 
+@jax.jit
+def _field_at(system, t, ys):
+    return jax.vmap(lambda y: system.vector_field(t, y))(ys)
+
+
 def simulate(
     system: AbstractSystem,
     y0: Float[Array, "*batch state_dim"],
@@ -92,6 +97,14 @@ def simulate(
     y0, ts = jnp.asarray(y0, dtype), jnp.asarray(ts, dtype)
     batch = y0.shape[:-1]
     flat = y0.reshape(-1, system.state_dim)
+    if not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((system, flat, ts))):
+        f0 = _field_at(system, ts[0], flat)
+        if not bool(jnp.all(jnp.isfinite(f0))):
+            i = int(np.flatnonzero(~np.all(np.isfinite(np.asarray(f0)), axis=-1))[0])
+            raise SimulationError(
+                f"the vector field is non-finite (NaN or inf) at the initial state (flat index {i}): "
+                f"{np.asarray(flat[i])!r}"
+            )
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
     ys, ok, hit_limit, _ = _solve_batch(
