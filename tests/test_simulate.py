@@ -133,3 +133,10 @@ def test_forward_mode_jacobian_matches_exact_solution(getkey):
     )(y0)
     jac_exact = jax.jacfwd(lambda y: system.exact_solution(y, ts)[-1])(y0)
     np.testing.assert_allclose(jac_sim, jac_exact, rtol=1e-7, atol=1e-9)
+
+
+def test_non_finite_field_at_the_start_is_refused_at_once():
+    """A field that is NaN at the initial state fails before the solver spends its step budget."""
+    system = d.HamiltonianSystem(lambda q, p: jnp.sum(p**2) / 2 + jnp.sum(jnp.log(q)), 1)
+    with pytest.raises(d.SimulationError, match="non-finite .* initial state"):
+        d.simulate(system, jnp.array([0.0, 1.0]), jnp.linspace(0.0, 1.0, 5))
