@@ -9,6 +9,7 @@ from jaxtyping import Array, Float
 
 from ._base import AbstractModel
 from ._common import check_state_dim
+from ._lstm_kernel import lstm_layer as _fast_lstm_layer
 
 
 def _gates(z, c, hdim):
@@ -27,7 +28,8 @@ def _lstm_step(w_x, w_h, b, x, h, c):
 
 
 def _lstm_layer(w_x, w_h, b, xs, h0, c0):
-    """One LSTM layer over a sequence `xs (T, d_in)` (see `_lstm_step`).
+    """One LSTM layer over a sequence `xs (T, d_in)` (see `_lstm_step`): the plain-autodiff
+    reference. The model runs `_lstm_kernel.lstm_layer` (same values, faster derivative).
 
     The input projection `xs @ w_x + b` is computed for all steps at once,
     outside the recurrence; only `h @ w_h` stays in the scan.
@@ -52,7 +54,9 @@ class LSTM(AbstractModel):
     state residually: `z_{t+1} = z_t + W_out h_t + b_out`.
 
     - `lstm(xs)` with `xs` of shape `(T, state_dim)` returns the teacher-forced
-      next-step predictions, shape `(T, state_dim)`.
+      next-step predictions, shape `(T, state_dim)`; a batch `(B, T, state_dim)`
+      gives `(B, T, state_dim)`, as `jax.vmap(lstm)` would, but faster (one
+      time-major scan over the batch).
     - `forecast(context, n_steps)` warms up on the context, then feeds its own
       predictions back.
 
@@ -92,13 +96,21 @@ class LSTM(AbstractModel):
 
     def _run(self, zs, state):
         """Runs the stack over normalised inputs `zs (T, d)`; returns hidden states of the
-        top layer `(T, hidden)`, the next-step predictions `(T, d)` and the final state."""
-        x = zs
+        top layer `(T, hidden)`, the next-step predictions `(T, d)` and the final state.
+        A batch `zs (B, T, d)` with a batched state (`self._zeros((B,))`) gives `(B, T, .)`
+        and runs as one time-major scan (the layout `_lstm_kernel.lstm_layer` is fast in)."""
+        if zs.ndim not in (2, 3):
+            raise ValueError(f"inputs must have shape (T, d) or (B, T, d), got {tuple(zs.shape)}")
+        batched = zs.ndim == 3
+        x = jnp.swapaxes(zs, 0, 1) if batched else zs
         new_state = []
         for l in range(self.layers):
-            x, s = _lstm_layer(self.w_x[l].value, self.w_h[l].value, self.b[l].value, x, *state[l])
+            x, s = _fast_lstm_layer(self.w_x[l].value, self.w_h[l].value, self.b[l].value, x, *state[l])
             new_state.append(s)
-        return x, zs + x @ self.w_out.value + self.b_out.value, new_state
+        out = x @ self.w_out.value + self.b_out.value
+        if batched:
+            x, out = jnp.swapaxes(x, 0, 1), jnp.swapaxes(out, 0, 1)
+        return x, zs + out, new_state
 
     def _norm(self, y):
         # computed in the parameters' dtype, so float64 inputs meet float32 weights cleanly
@@ -107,13 +119,14 @@ class LSTM(AbstractModel):
     def _denorm(self, z):
         return z * self.std.value + self.mean.value
 
-    def __call__(self, xs: Float[Array, "T d"]) -> Float[Array, "T d"]:
-        _, pred, _ = self._run(self._norm(xs), self._zeros())
+    def __call__(self, xs: Float[Array, "*B T d"]) -> Float[Array, "*B T d"]:
+        _, pred, _ = self._run(self._norm(xs), self._zeros(xs.shape[:-2]))
         return self._denorm(pred)
 
-    def hidden_states(self, xs: Float[Array, "T d"]) -> Float[Array, "T hidden"]:
-        """Top-layer hidden states `h_t` while reading `xs` (teacher-forced)."""
-        hs, _, _ = self._run(self._norm(xs), self._zeros())
+    def hidden_states(self, xs: Float[Array, "*B T d"]) -> Float[Array, "*B T hidden"]:
+        """Top-layer hidden states `h_t` while reading `xs` (teacher-forced); `xs (T, d)`
+        or a batch `(B, T, d)`."""
+        hs, _, _ = self._run(self._norm(xs), self._zeros(xs.shape[:-2]))
         return hs
 
     def _cell(self, z, state):
@@ -170,17 +183,15 @@ class LSTM(AbstractModel):
         return min(n_train_steps, self.warmup + self.rollout + 1)
 
     def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        # per window: teacher-forced MSE + rollout MSE; the batch runs as one (B, T, d) pass
         zs = self._norm(windows)
-
-        def one(z):
-            _, pred, _ = self._run(z[:-1], self._zeros())
-            tf = jnp.mean((pred - z[1:]) ** 2)
-            w = min(self.warmup, z.shape[0] - 2)
-            r = min(self.rollout, z.shape[0] - 1 - w)
-            if r < 1:
-                return tf
-            _, pw, st = self._run(z[:w], self._zeros())
-            free, _ = self._free_run(pw[-1], st, r)
-            return tf + jnp.mean((free - z[w : w + r]) ** 2)
-
-        return jnp.mean(jax.vmap(one)(zs))
+        batch = zs.shape[:1]
+        _, pred, _ = self._run(zs[:, :-1], self._zeros(batch))
+        tf = jnp.mean((pred - zs[:, 1:]) ** 2, axis=(1, 2))
+        w = min(self.warmup, zs.shape[1] - 2)
+        r = min(self.rollout, zs.shape[1] - 1 - w)
+        if r < 1:
+            return jnp.mean(tf)
+        _, pw, st = self._run(zs[:, :w], self._zeros(batch))
+        free, _ = self._free_run(pw[:, -1], st, r)  # (r, B, d)
+        return jnp.mean(tf + jnp.mean((jnp.swapaxes(free, 0, 1) - zs[:, w : w + r]) ** 2, axis=(1, 2)))
