@@ -42,6 +42,8 @@ import numpy as np
 import dynamics
 from dynamics import _simulate
 
+from . import _bench_models
+
 
 # ---------------------------------------------------------------------- helpers
 def environment() -> dict:
@@ -295,6 +297,11 @@ def _print_generic(name: str, res: dict, prefix: str = "") -> None:
 #: e.g. `SECTIONS["lstm_step"] = (lambda args: _bench_models.lstm_step(), None)`.
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None] | None]] = {
     "simulate": (bench_simulate, _print_simulate),
+    "lstm_step": (lambda args: _bench_models.lstm_step(repeats=max(args.repeats, 10)), None),
+    "lstm_ensemble": (lambda args: _bench_models.lstm_ensemble(repeats=args.repeats), None),
+    "hnn_ensemble": (lambda args: _bench_models.hnn_ensemble(), None),
+    "ig_memory": (lambda args: _bench_models.ig_memory(), None),
+    "study": (lambda args: _bench_models.study_wall_time(), None),
 }
 
 
@@ -323,7 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m experiments.benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="output directory")
     ap.add_argument(
-        "--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS), help="sections to run"
+        "--sections", nargs="+", default=[k for k in SECTIONS if k != "study"], choices=list(SECTIONS),
+        help="sections to run ('study' reruns the quick study twice and is not in the default set)"
     )
     ap.add_argument("--batch", type=int, default=256, help="initial states solved by simulate")
     ap.add_argument("--scipy-subset", type=int, default=16, help="states solved by solve_ivp")
