@@ -8,16 +8,19 @@ rounding), and is cheaper to train:
   `a = s tanh(s z) + 1 - s` with `s = 1/2` on the i, f, o gates
   (`sigmoid(x) = (1 + tanh(x / 2)) / 2`) and `s = 1` on g, instead of three
   logistics and a tanh on slices. Its derivative is `s^2 (1 - tanh^2)`.
+- The input projection `x_t W_x` stays inside the scan: precomputing it for
+  all steps (as `_lstm_layer` does) writes and reads back a `(T, B, 4H)`
+  array, which on the CPU cost more than it saved.
 - The derivative is a `jax.custom_jvp` whose tangent is a linear scan that
   carries only `(dh, dc)`. The forward scan saves, per step, the coefficients
   of the linearised cell (the gates and `tanh c` folded with the activations'
-  derivatives) and the incoming `h_{t-1}`; nothing is recomputed. JAX
+  derivatives) and the rows `[h_{t-1}, x_t, 1]`; nothing is recomputed. JAX
   transposes the rule for reverse mode: a backward scan that propagates
   `(dh, dc)` with one `(B, 4H) x (4H, H)` product per step and, in the same
-  step, accumulates `dW_h += h_{t-1}^T dz_t`, `dW_x += x_t^T dz_t`,
-  `db += sum dz_t`. For a batch laid out `(T, B, d)` the saved `h_{t-1}` and
-  the inputs are stored transposed, `(H, B)` and `(d, B)`, so that these
-  accumulations are plain `(H, B) @ (B, 4H)` products.
+  step, accumulates all weight gradients with one more product,
+  `[dW_h; dW_x; db] += [h_{t-1}, x_t, 1]^T dz_t`. For a batch laid out
+  `(T, B, d)` those rows are stored transposed, `(H + d + 1, B)`, so that this
+  is a plain `(H + d + 1, B) @ (B, 4H)` product.
 
   Why not one large weight-gradient product after the backward scan (as
   cuDNN does)? On the CPU it was slower here: it needs the gate gradients of
@@ -62,11 +65,13 @@ def _mm(a, w, transposed: bool):
     return a @ w
 
 
-def _forward(w_x, w_h, b, xs, h0, c0, *, save: bool):
+def _forward(w_x, w_h, b, xs, h0, c0, *, save: bool, pack: bool = False):
+    """The recurrence; with `save`, also the per-step coefficients of the linearised cell,
+    and with `pack` the rows `[h_{t-1}, x_t, 1]` that multiply `[dW_h; dW_x; db]`."""
     hdim = w_h.shape[0]
     s = _scales(hdim, w_h.dtype)
     one_minus_s = 1 - s
-    batched = xs.ndim > 2  # per-step rows (B, .): store h_{t-1} transposed
+    batched = xs.ndim > 2  # per-step rows (B, .): store the packed rows transposed
 
     def step(carry, x):
         h_prev, c_prev = carry
@@ -84,7 +89,11 @@ def _forward(w_x, w_h, b, xs, h0, c0, *, save: bool):
         dd = [d[..., k * hdim : (k + 1) * hdim] for k in range(4)]
         kp = jnp.stack([g * dd[0], c_prev * dd[1], i * dd[2], tc * dd[3]], axis=-2)
         q = o * (1 - tc * tc)
-        return (h, c), (h, kp, f, q, _t(h_prev) if batched else h_prev)
+        if not pack:
+            return (h, c), (h, kp, f, q, None)
+        rows = jnp.concatenate([h_prev, x.astype(h_prev.dtype), jnp.ones(h_prev.shape[:-1] + (1,), h_prev.dtype)],
+                               axis=-1)
+        return (h, c), (h, kp, f, q, _t(rows) if batched else rows)
 
     h0 = jnp.broadcast_to(h0, xs.shape[1:-1] + (hdim,))
     c0 = jnp.broadcast_to(c0, xs.shape[1:-1] + (hdim,))
@@ -106,25 +115,23 @@ def _lstm_layer_jvp(primals, tangents):
     hdim = w_h.shape[0]
     dtype = jnp.result_type(w_h, xs)
     batched = xs.ndim > 2
-    (h, c), (hs, kp, f, q, hp) = _forward(w_x, w_h, b, xs, h0, c0, save=True)
+    zero = lambda t: isinstance(t, SymbolicZero)  # noqa: E731
+    weights = not (zero(dw_h) and zero(dw_x) and zero(db))
+    (h, c), (hs, kp, f, q, rows) = _forward(w_x, w_h, b, xs, h0, c0, save=True, pack=weights)
 
     # Linearised cell, with u = kp * dz (per gate block k = i, f, g, o):
     #   dc_t = f dc_{t-1} + u_i + u_f + u_g,   dh_t = u_o + q dc_t,
-    #   dz_t = dh_{t-1} W_h + [h_{t-1} dW_h + x_t dW_x + dx_t W_x + db].
-    # The bracket is the only place the weights' and inputs' tangents enter; its
-    # transpose accumulates the weight gradients in the backward scan.
-    zero = lambda t: isinstance(t, SymbolicZero)  # noqa: E731
-    seqs, terms = [], []  # per-step sequences and how each enters the bracket
-    if not zero(dw_h):
-        seqs.append(hp)
-        terms.append((dw_h, batched))
-    if not zero(dw_x):
-        seqs.append(_t(xs) if batched else xs)
-        terms.append((dw_x, batched))
+    #   dz_t = dh_{t-1} W_h + [h_{t-1}, x_t, 1] [dW_h; dW_x; db] + dx_t W_x.
+    # The last two terms are the only place the weights' and inputs' tangents enter; the
+    # transpose of the first accumulates all weight gradients with one product per step.
+    seqs, terms = [], []  # per-step sequences and the matrices they multiply
+    if weights:
+        inst = lambda t, like: jnp.zeros(like.shape, like.dtype) if zero(t) else t  # noqa: E731
+        seqs.append(rows)
+        terms.append((jnp.concatenate([inst(dw_h, w_h), inst(dw_x, w_x), inst(db, b)[None]]), batched))
     if not zero(dxs):
         seqs.append(dxs)
         terms.append((w_x, False))
-    bias = None if zero(db) else db
     lead = hs.shape[1:-1]
     dh0 = jnp.zeros(lead + (hdim,), dtype) if zero(dh0) else jnp.broadcast_to(dh0, lead + (hdim,))
     dc0 = jnp.zeros(lead + (hdim,), dtype) if zero(dc0) else jnp.broadcast_to(dc0, lead + (hdim,))
@@ -137,8 +144,6 @@ def _lstm_layer_jvp(primals, tangents):
         dz = dh @ w_h
         for a, (w, transposed) in zip(seq_t, terms):
             dz = dz + _mm(a, w, transposed)
-        if bias is not None:
-            dz = dz + bias
         u = kp_t * dz.reshape(dz.shape[:-1] + (4, hdim))
         dc = f_t * dc + jnp.sum(u * gate_sum, axis=-2)
         dh = jnp.sum(u * gate_o, axis=-2) + q_t * dc
