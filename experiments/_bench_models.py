@@ -66,7 +66,14 @@ def _jax_lstm_step(hidden, batch, seq, channels, members=1, call="batch"):
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s, l
 
-    fn = jax.jit(jax.vmap(step))
+    if members == 1:  # one LSTM: no member axis at all, as `fit` runs one model
+        def single(p, s, x):
+            sq = lambda t: jax.tree.map(lambda a: a[0], t)  # noqa: E731
+            return jax.tree.map(lambda a: a[None], step(sq(p), sq(s), x[0]))
+
+        fn = jax.jit(single)
+    else:
+        fn = jax.jit(jax.vmap(step))
     t0 = time.perf_counter()
     compiled = fn.lower(params, opt_state, xs).compile()
     compile_s = time.perf_counter() - t0
