@@ -49,6 +49,15 @@ class _CoupledOscillators(AbstractSystem):
         # sum_{i<j} kappa_ij (q_i - q_j)^2 / 2 = q' L q / 2
         return 0.5 * jnp.sum((q @ _laplacian(self.coupling)) * q, axis=-1)
 
+    def _harmonic_energy(self, y):
+        """`sum p_i^2/2 + sum omega_i^2 q_i^2/2 + sum_{i<j} kappa_ij (q_i-q_j)^2/2`."""
+        q, p = self._split(y)
+        return (
+            0.5 * jnp.sum(p**2, axis=-1)
+            + 0.5 * jnp.sum(self.omega**2 * q**2, axis=-1)
+            + self._coupling_energy(q)
+        )
+
     def coupling_graph(self) -> Float[Array, "n n"]:
         return (self.coupling > 0).astype(self.coupling.dtype)
 
@@ -83,12 +92,7 @@ class HarmonicChain(_CoupledOscillators):
         return jnp.concatenate([p, -(self.omega**2) * q + self._coupling_force(q)], axis=-1)
 
     def energy(self, y):
-        q, p = self._split(y)
-        return (
-            0.5 * jnp.sum(p**2, axis=-1)
-            + 0.5 * jnp.sum(self.omega**2 * q**2, axis=-1)
-            + self._coupling_energy(q)
-        )
+        return self._harmonic_energy(y)
 
     def stiffness(self) -> Float[Array, "n n"]:
         """`A = diag(omega^2) + L`, so that `q'' = -A q`."""
@@ -168,9 +172,4 @@ class CoupledVanDerPol(_CoupledOscillators):
         return jnp.concatenate([p, acc], axis=-1)
 
     def energy(self, y):
-        q, p = self._split(y)
-        return (
-            0.5 * jnp.sum(p**2, axis=-1)
-            + 0.5 * jnp.sum(self.omega**2 * q**2, axis=-1)
-            + self._coupling_energy(q)
-        )
+        return self._harmonic_energy(y)

@@ -59,3 +59,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_csv_atomic(path: Path, columns, rows) -> None:
+    """Writes `rows` (dicts) with the given columns, replacing `path` atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    write_text_atomic(path, buf.getvalue())

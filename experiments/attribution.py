@@ -18,15 +18,13 @@ figures.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from ._runtime import setup_jax, write_json_atomic, write_text_atomic
+from ._runtime import setup_jax, write_csv_atomic, write_json_atomic
 from .presets import Preset, get_preset
 
 ATTR_COLUMNS = ("system", "model", "method", "split", "coupling_auroc", "jacobian_spearman", "n_traj")
@@ -133,15 +131,6 @@ def attribute_model(model, ds, preset: Preset):
     return rows, maps
 
 
-def _write_csv(path: Path, columns, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    write_text_atomic(path, buf.getvalue())
-
-
 def run(preset: Preset, out: Path, *, progress: bool = True) -> list[dict]:
     """Attributes every stored model of the preset; skips models already attributed."""
     from . import extrapolation as E
@@ -174,8 +163,8 @@ def run(preset: Preset, out: Path, *, progress: bool = True) -> list[dict]:
                 best = [r for r in rec["rows"] if r["split"] == "inside"]
                 print("[attribution] " + rec["model"] + ": " + ", ".join(
                     f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best), flush=True)
-    _write_csv(out / "attribution.csv", ATTR_COLUMNS, rows)
-    _write_csv(out / "probes.csv", PROBE_COLUMNS, probe_rows)
+    write_csv_atomic(out / "attribution.csv", ATTR_COLUMNS, rows)
+    write_csv_atomic(out / "probes.csv", PROBE_COLUMNS, probe_rows)
     return rows
 
 
@@ -189,8 +178,8 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     import models
     from models import probes as P
 
-    if not isinstance(model, models.LSTM):
-        return []
+    if not isinstance(model, models.LSTM) or ds.test.shape[0] < 2:
+        return []  # no hidden state, or too few trajectories for grouped cross-validation
     system, C = ds.system, preset.context
     n_tr = ds.n_train_steps
     test = np.asarray(ds.test)
@@ -209,7 +198,8 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     c_in, c_out = ctrl[:, inside].reshape(-1, ctrl.shape[-1]), ctrl[:, ~inside].reshape(-1, ctrl.shape[-1])
     rows = []
     for split, h, c, y, g in (("inside", h_in, c_in, y_in, g_in), ("beyond", h_out, c_out, y_out, g_out)):
-        for r in P.probe_report(h, P.physical_targets(system, y), control_hidden=c, key=0, groups=g):
+        for r in P.probe_report(h, P.physical_targets(system, y), control_hidden=c, key=0, groups=g,
+                                n_folds=min(5, n)):
             rows.append({"quantity": r["quantity"], "split": split, "r2": float(r["r2"]),
                          "control_r2": float(r["control_r2"])})
     k = min(8, h_in.shape[-1])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import re
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from ._runtime import environment, setup_jax, write_json_atomic, write_text_atomic
+from ._runtime import environment, setup_jax, write_csv_atomic, write_json_atomic, write_text_atomic
 from .presets import Preset, SystemSpec, get_preset, parse_model_label
 
 COLUMNS = (
@@ -259,12 +258,7 @@ def run(preset: Preset, out: Path, *, progress: bool = True) -> list[dict]:
 
 
 def write_metrics(rows: list[dict], out: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    write_text_atomic(out / "metrics.csv", buf.getvalue())
+    write_csv_atomic(out / "metrics.csv", COLUMNS, rows)
     write_text_atomic(out / "summary.md", summary_markdown(rows))
 
 

@@ -58,6 +58,13 @@ class _Config:
         return dataclasses.asdict(self)
 
 
+def _config(steps, batch_size, lr, eval_every, patience, grad_clip, warmup, precision) -> _Config:
+    """The run's configuration; `warmup` defaults to 5% of `steps`."""
+    return _Config(steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
+                   patience=patience, grad_clip=float(grad_clip),
+                   warmup=int(warmup if warmup is not None else max(1, steps // 20)), precision=precision)
+
+
 # --------------------------------------------------------------------------- checks
 def _validate(model, dataset, *, steps, batch_size, lr, eval_every, patience, precision):
     if not isinstance(model, AbstractModel):
@@ -433,9 +440,7 @@ def fit(
     """
     _validate(model, dataset, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
               patience=patience, precision=precision)
-    cfg = _Config(steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
-                  patience=patience, grad_clip=float(grad_clip),
-                  warmup=int(warmup if warmup is not None else max(1, steps // 20)), precision=precision)
+    cfg = _config(steps, batch_size, lr, eval_every, patience, grad_clip, warmup, precision)
     (model,), history, state, diverged = _run(
         [model], dataset, [key], cfg=cfg, checkpoint_dir=checkpoint_dir, progress=progress,
         log_path=log_path, strategy="single", desc=type(model).__name__,
@@ -484,9 +489,7 @@ def fit_ensemble(
               patience=patience, precision=precision)
     if strategy is None:
         strategy = "map" if jax.default_backend() == "cpu" else "vmap"
-    cfg = _Config(steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
-                  patience=patience, grad_clip=float(grad_clip),
-                  warmup=int(warmup if warmup is not None else max(1, steps // 20)), precision=precision)
+    cfg = _config(steps, batch_size, lr, eval_every, patience, grad_clip, warmup, precision)
     models, history, state, diverged = _run(
         models, dataset, keys, cfg=cfg, checkpoint_dir=checkpoint_dir, progress=progress,
         log_path=None, strategy=strategy, desc=f"ensemble of {len(models)}",
