@@ -216,9 +216,16 @@ class _Checkpoints:
             tmp.write_text(json.dumps(fingerprint, sort_keys=True))
             tmp.replace(fp_path)
         self._ocp = ocp
-        self.mngr = ocp.CheckpointManager(
-            self.dir / "state", options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
+        if jax.process_count() > 1:  # every process checkpoints its own runs, independently
+            me = jax.process_index()
+            (self.dir / "state").mkdir(exist_ok=True)
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=2, create=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}"),
+            )
+        self.mngr = ocp.CheckpointManager(self.dir / "state", options=options)
         self.log = self.dir / "log.jsonl"
 
     def restore(self, template):
@@ -255,6 +262,8 @@ class _Checkpoints:
         with open(self.log, "a") as f:
             f.write(json.dumps(record) + "\n")
         leaves = jax.tree.leaves(state)
+        if jax.process_count() > 1:  # host-local arrays: saved as NumPy by this process alone
+            leaves = [np.asarray(x) for x in leaves]
         self.mngr.save(chunk, args=self._ocp.args.StandardSave({str(i): x for i, x in enumerate(leaves)}))
         self.mngr.wait_until_finished()
 
