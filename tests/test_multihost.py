@@ -31,8 +31,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_on_one_machine(tmp_path):
+    """A real `jax.distributed` run: two processes on this machine split the tiny sweep."""
     port = _free_port()
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
