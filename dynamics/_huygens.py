@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validate as v
-from ._base import AbstractSystem, _check_sample_args, _uniform
+from ._base import AbstractSystem, _check_sample_args
 
 
 class HuygensClocks(AbstractSystem):

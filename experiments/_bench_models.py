@@ -6,7 +6,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
 
 
 def _median_time(fn, repeats: int) -> float:

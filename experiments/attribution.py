@@ -65,6 +65,8 @@ def attribute_model(model, ds, preset: Preset):
     import jax
     import jax.numpy as jnp
 
+    from flax import nnx
+
     from models import attribution as A
 
     system, C, dt = ds.system, preset.context, ds.dt
@@ -82,7 +84,7 @@ def attribute_model(model, ds, preset: Preset):
         y_c = jnp.asarray(ds.test[i, C - 1])
         tj = A.true_jacobian(system, y_c, jnp.concatenate([jnp.asarray([t_c]), jnp.asarray(ts_abs)]))[1:]
         true_all.append(np.asarray(tj))
-    dtype = jax.tree.leaves(__import__("flax").nnx.state(model))[0].dtype
+    dtype = jax.tree.leaves(nnx.state(model))[0].dtype
     for method in METHODS:
         per = []
         for i in range(n_traj):
@@ -174,6 +176,8 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
+    from flax import nnx
+
     import dynamics
     import models
     from models import probes as P
@@ -181,10 +185,9 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     if not isinstance(model, models.LSTM) or ds.test.shape[0] < 2:
         return []  # no hidden state, or too few trajectories for grouped cross-validation
     system, C = ds.system, preset.context
-    n_tr = ds.n_train_steps
     test = np.asarray(ds.test)
     n = min(8, test.shape[0])
-    dtype = jax.tree.leaves(__import__("flax").nnx.state(model))[0].dtype
+    dtype = jax.tree.leaves(nnx.state(model))[0].dtype
     total = test.shape[1] - C
     run = jax.jit(jax.vmap(lambda c: model.forecast_hidden(c, total)))
     fc, hs = (np.asarray(a, np.float64) for a in run(jnp.asarray(test[:n, :C], dtype)))
