@@ -30,11 +30,30 @@ class AbstractSystem(eqx.Module):
 
     `second_order` is True where the state is `concat(q, p)` with `p = dq/dt`
     (or a canonical momentum), which the Hamiltonian and Lagrangian models need.
+
+    **The state layout is declared, never guessed.** Downstream code (probes,
+    attribution, scoring) reads it only through these members, each with a
+    default that holds for the plain layouts `y = concat(q, p)` (second order,
+    `state_dim = 2n`) and `y = theta` (first order, `state_dim = n`); a system
+    with another layout overrides them:
+
+    - `oscillator_groups()`: the state indices of each oscillator;
+    - `split_state(y) -> (q, p, extras)`: per-oscillator coordinates and
+      velocities (`p` is None for first-order systems) and any further
+      coordinates by name (the beam of Huygens' clocks);
+    - `natural_frequencies()`: each oscillator's own angular frequency;
+    - `angular`: whether the `q` (or first-order phases) are angles;
+    - `conservative`: whether `energy` is conserved along trajectories;
+    - `observables(y)`: the physical scalars the system has (energy, order
+      parameter, phase differences);
+    - `to_canonical(y)` / `from_canonical(z)`: `(q, q') <-> (q, dL/dq')`, the
+      identity where `q'` is already the canonical momentum (unit masses).
     """
 
     second_order: ClassVar[bool] = True
     has_energy: ClassVar[bool] = True
     conservative: ClassVar[bool] = False
+    angular: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod
@@ -57,6 +76,62 @@ class AbstractSystem(eqx.Module):
     def sample_initial_states(
         self, key: PRNGKeyArray, n: int, *, scale: float = 1.0
     ) -> Float[Array, "n state_dim"]: ...
+
+    # ------------------------------------------------------------ declared layout
+    def _check_plain_layout(self, what: str) -> None:
+        n, d = self.n_oscillators, self.state_dim
+        if d != (2 * n if self.second_order else n):
+            raise NotImplementedError(
+                f"{type(self).__name__} has state_dim={d} for n_oscillators={n}, not the plain "
+                f"layout ({2 * n if self.second_order else n}); it must override {what}()"
+            )
+
+    def oscillator_groups(self) -> tuple[tuple[int, ...], ...]:
+        """The state indices of each oscillator: `((i, n + i), ...)` for `concat(q, p)`,
+        `((i,), ...)` for a first-order state."""
+        self._check_plain_layout("oscillator_groups")
+        n = self.n_oscillators
+        if self.second_order:
+            return tuple((i, n + i) for i in range(n))
+        return tuple((i,) for i in range(n))
+
+    def split_state(
+        self, y: Float[Array, "*batch state_dim"]
+    ) -> tuple[Float[Array, "*batch n"], Float[Array, "*batch n"] | None, dict[str, Array]]:
+        """`(q, p, extras)` of states `(..., state_dim)`: `q_i, p_i = q_i'` per oscillator (`p`
+        is None for a first-order state, whose `q` is the state itself) and any further
+        coordinates by name (none by default)."""
+        self._check_plain_layout("split_state")
+        n = self.n_oscillators
+        if self.second_order:
+            return y[..., :n], y[..., n:], {}
+        return y, None, {}
+
+    def natural_frequencies(self) -> Float[Array, " n"]:
+        """Each oscillator's own angular frequency. Default (second order): `sqrt` of the
+        diagonal stiffness `-d q_i'' / d q_i` at the rest state `y = 0`, which includes the
+        coupling springs; for a first-order state, `theta_i'` at `theta = 0`. Systems with
+        a parameter for it override this."""
+        self._check_plain_layout("natural_frequencies")
+        n = self.n_oscillators
+        y0 = jnp.zeros(self.state_dim)
+        if not self.second_order:
+            return self.vector_field(0.0, y0)
+        jac = jax.jacfwd(lambda y: self.vector_field(0.0, y))(y0)
+        return jnp.sqrt(jnp.maximum(-jnp.diagonal(jac[n:, :n]), 0.0))
+
+    def observables(self, y: Float[Array, "*batch state_dim"]) -> dict[str, Array]:
+        """The physical scalars of states `(..., state_dim)`, each of shape `(...)`, by name:
+        `"energy"` where the system has one."""
+        return {"energy": self.energy(y)} if self.has_energy else {}
+
+    def to_canonical(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch state_dim"]:
+        """`(q, q') -> (q, p)` with `p = dL/dq'`; the identity for unit masses."""
+        return y
+
+    def from_canonical(self, z: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch state_dim"]:
+        """The inverse of `to_canonical`."""
+        return z
 
     def parameters(self) -> dict:
         """The constructor arguments as plain Python values (for metadata)."""

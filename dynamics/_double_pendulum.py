@@ -36,6 +36,7 @@ class DoublePendulum(AbstractSystem):
     g: Float[Array, ""]
 
     conservative: ClassVar[bool] = True
+    angular: ClassVar[bool] = True
 
     def __init__(self, m1=1.0, m2=1.0, l1=1.0, l2=1.0, g=9.8):
         self.m1 = v.scalar("m1", m1, positive=True)
@@ -85,6 +86,31 @@ class DoublePendulum(AbstractSystem):
 
     def coupling_graph(self):
         return jnp.array([[0.0, 1.0], [1.0, 0.0]])
+
+    def natural_frequencies(self) -> Float[Array, "2"]:
+        """`sqrt(g / l_i)`: each pendulum's small-swing frequency on its own."""
+        return jnp.sqrt(self.g / jnp.stack([self.l1, self.l2]))
+
+    def _mass_matrix(self, y):
+        m1, m2, l1, l2 = self.m1, self.m2, self.l1, self.l2
+        a12 = m2 * l1 * l2 * jnp.cos(y[..., 0] - y[..., 1])
+        return (m1 + m2) * l1**2, a12, m2 * l2**2
+
+    def to_canonical(self, y):
+        """`p = M(theta) w`: `p1 = (m1+m2) l1^2 w1 + m2 l1 l2 cos(d) w2`,
+        `p2 = m2 l1 l2 cos(d) w1 + m2 l2^2 w2` (`p = dL/dw`)."""
+        a11, a12, a22 = self._mass_matrix(y)
+        w1, w2 = y[..., 2], y[..., 3]
+        return jnp.stack([y[..., 0], y[..., 1], a11 * w1 + a12 * w2, a12 * w1 + a22 * w2], axis=-1)
+
+    def from_canonical(self, z):
+        """`w = M(theta)^{-1} p`, the 2x2 inverse in closed form."""
+        a11, a12, a22 = self._mass_matrix(z)
+        p1, p2 = z[..., 2], z[..., 3]
+        det = a11 * a22 - a12**2
+        return jnp.stack(
+            [z[..., 0], z[..., 1], (a22 * p1 - a12 * p2) / det, (a11 * p2 - a12 * p1) / det], axis=-1
+        )
 
     def sample_initial_states(self, key: PRNGKeyArray, n: int, *, scale: float = 1.0):
         """`theta_i ~ U(-a, a)` with `a = 0.5 scale` rad, `w_i ~ U(-a, a)` rad per unit time."""

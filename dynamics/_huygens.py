@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -47,6 +49,8 @@ class HuygensClocks(AbstractSystem):
     beam_omega: Float[Array, ""]
     beam_gamma: Float[Array, ""]
     mass_ratio: Float[Array, ""]
+
+    angular: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -109,6 +113,48 @@ class HuygensClocks(AbstractSystem):
             + jnp.sum(self.omega**2 * (1 - c), axis=-1)
             + self.beam_omega**2 * x**2 / (2 * m)
         )
+
+    def oscillator_groups(self) -> tuple[tuple[int, ...], ...]:
+        """Clock `i` is `(theta_i, theta_i')` = indices `(i, n + 1 + i)`; the beam belongs to none."""
+        n = self.n_oscillators
+        return tuple((i, n + 1 + i) for i in range(n))
+
+    def split_state(self, y):
+        """`q = theta`, `p = theta'`, extras `{"beam_x": x, "beam_v": x'}`."""
+        th, x, w, u = self._split(y)
+        return th, w, {"beam_x": x, "beam_v": u}
+
+    def natural_frequencies(self) -> Float[Array, " n"]:
+        """`omega`, each clock's small-swing frequency on a fixed beam."""
+        return self.omega
+
+    def observables(self, y):
+        """`"energy"` and, for each clock `i > 1`, `"phase_difference_i"`: its phase minus
+        clock 1's in `(-pi, pi]` (`phase_difference` for two clocks)."""
+        th, _, w, _ = self._split(y)
+        ph = jnp.arctan2(-w / self.omega, th)
+        out = {"energy": self.energy(y)}
+        for i in range(1, self.n_oscillators):
+            out[f"phase_difference_{i + 1}"] = jnp.angle(jnp.exp(1j * (ph[..., i] - ph[..., 0])))
+        return out
+
+    def to_canonical(self, y):
+        """With `L = sum theta'^2/2 + sum cos(theta) theta' x' + x'^2/(2m) - V`:
+        `p_theta_i = theta_i' + cos(theta_i) x'`, `p_x = x'/m + sum_i cos(theta_i) theta_i'`."""
+        th, x, w, u = self._split(y)
+        c = jnp.cos(th)
+        p_th = w + c * u[..., None]
+        p_x = u / self.mass_ratio + jnp.sum(c * w, axis=-1)
+        return jnp.concatenate([th, x[..., None], p_th, p_x[..., None]], axis=-1)
+
+    def from_canonical(self, z):
+        """The bordered inverse: `x' = (p_x - sum c_i p_theta_i) / (1/m - sum c_i^2)`,
+        `theta_i' = p_theta_i - c_i x'`."""
+        th, x, p_th, p_x = self._split(z)
+        c = jnp.cos(th)
+        u = (p_x - jnp.sum(c * p_th, axis=-1)) / (1 / self.mass_ratio - jnp.sum(c**2, axis=-1))
+        w = p_th - c * u[..., None]
+        return jnp.concatenate([th, x[..., None], w, u[..., None]], axis=-1)
 
     def coupling_graph(self):
         n = self.n_oscillators

@@ -28,6 +28,7 @@ class Kuramoto(AbstractSystem):
 
     second_order: ClassVar[bool] = False
     has_energy: ClassVar[bool] = False
+    angular: ClassVar[bool] = True
 
     def __init__(self, omega, coupling):
         self.omega = v.vector("omega", omega)
@@ -51,6 +52,14 @@ class Kuramoto(AbstractSystem):
     def order_parameter(self, y: Float[Array, "*batch n"]) -> Float[Array, "*batch"]:
         """`r = |mean_j exp(i theta_j)|` in `[0, 1]`."""
         return jnp.abs(jnp.mean(jnp.exp(1j * y), axis=-1))
+
+    def natural_frequencies(self) -> Float[Array, " n"]:
+        """`omega`, the frequencies of the uncoupled phases."""
+        return self.omega
+
+    def observables(self, y: Float[Array, "*batch n"]) -> dict[str, Array]:
+        """`"order_parameter"` `r`."""
+        return {"order_parameter": self.order_parameter(y)}
 
     def sample_initial_states(self, key: PRNGKeyArray, n: int, *, scale: float = 1.0):
         """`theta_i ~ U(-pi/2, pi/2) * scale`: `scale = 2` spreads the phases over the whole circle."""

@@ -61,6 +61,10 @@ class _CoupledOscillators(AbstractSystem):
     def coupling_graph(self) -> Float[Array, "n n"]:
         return (self.coupling > 0).astype(self.coupling.dtype)
 
+    def natural_frequencies(self) -> Float[Array, " n"]:
+        """`omega` (each oscillator's frequency without its coupling springs)."""
+        return self.omega
+
     def sample_initial_states(
         self, key: PRNGKeyArray, n: int, *, scale: float = 1.0
     ) -> Float[Array, "n state_dim"]:
@@ -133,6 +137,7 @@ class CoupledPendulums(_CoupledOscillators):
     """
 
     conservative: ClassVar[bool] = True
+    angular: ClassVar[bool] = True
 
     def vector_field(self, t, y):
         q, p = self._split(y)
