@@ -136,7 +136,7 @@ class Dataset:
         sys_meta = meta.get("system")
         if system is None:
             system = _rebuild_system(sys_meta)
-        elif sys_meta and sys_meta.get("class") != type(system).__name__:
+        elif sys_meta and sys_meta.get("class") not in (type(system).__qualname__, type(system).__name__):
             raise ValueError(
                 f"system is a {type(system).__name__} but the file holds a {sys_meta.get('class')}"
             )
@@ -162,25 +162,38 @@ def _checksum(arrays: dict[str, np.ndarray], meta: dict) -> str:
 
 
 def _describe_system(system) -> dict | None:
+    """The system's class (module and qualified name, so a user's own subclass is found again)
+    and constructor arguments; `params` is None where they cannot be stored (a callable)."""
     if system is None:
         return None
-    from ._hamiltonian import HamiltonianSystem
-
-    if isinstance(system, HamiltonianSystem):
-        return {"class": "HamiltonianSystem", "params": {"n": system.n}}
-    return {"class": type(system).__name__, "params": system.parameters()}
+    cls = type(system)
+    try:
+        params = system.parameters()
+        json.dumps(params)
+    except (TypeError, ValueError):
+        params = None  # e.g. the callable of a HamiltonianSystem: pass `system=` to `load`
+    return {"class": cls.__qualname__, "module": cls.__module__, "params": params}
 
 
 def _rebuild_system(desc):
     if desc is None:
         return None
+    import importlib
+
     import dynamics
 
-    cls = getattr(dynamics, desc["class"], None)
-    if desc["class"] == "HamiltonianSystem":
-        return None  # the callable cannot be stored; pass `system=` to `load`
+    name = desc["class"]
+    try:
+        where = importlib.import_module(desc["module"]) if "module" in desc else dynamics
+    except ImportError as e:
+        raise ValueError(f"dataset metadata names system module {desc['module']!r}, which cannot be imported: {e}") from e
+    cls = where
+    for part in name.split("."):
+        cls = getattr(cls, part, None)
     if cls is None or not (isinstance(cls, type) and issubclass(cls, AbstractSystem)):
-        raise ValueError(f"unknown system class {desc['class']!r} in dataset metadata")
+        raise ValueError(f"unknown system class {name!r} in dataset metadata")
+    if desc.get("params") is None:
+        return None  # its parameters cannot be stored (a callable); pass `system=` to `load`
     return cls(**desc["params"])
 
 

@@ -2,8 +2,9 @@
 
 `python -m experiments.attribution --preset quick [--out DIR]`
 
-For every model trained by the extrapolation study (it reuses the stored
-models; nothing is retrained) and a few test trajectories, the forecast
+For every model of the preset (the first seed, every n_train; a model the
+extrapolation study has already trained under the current configuration is
+reused, one it has not is trained first) and a few test trajectories, the forecast
 `yhat(t_C + h)` is attributed to the context with saliency, gradient times
 input and integrated gradients (zero baseline: the system at rest), pooled
 over the context's time lags into a `(D, D)` matrix per horizon `h`, and
@@ -25,10 +26,25 @@ from pathlib import Path
 import numpy as np
 
 from ._runtime import setup_jax, write_csv_atomic, write_json_atomic
-from .presets import Preset, get_preset
+from .presets import Preset, cli
+from .runs import Output
+from .specs import config_hash
 
-ATTR_COLUMNS = ("system", "model", "method", "split", "coupling_auroc", "jacobian_spearman", "n_traj")
-PROBE_COLUMNS = ("system", "model", "quantity", "split", "r2", "control_r2")
+ATTR_COLUMNS = ("system", "model", "n_train", "method", "split", "coupling_auroc", "jacobian_spearman",
+                "n_traj", "reason")
+PROBE_COLUMNS = ("system", "model", "n_train", "quantity", "split", "r2", "control_r2", "reason")
+
+
+class NothingToAttribute(RuntimeError):
+    """No model of the preset could be trained and attributed (all n/a or failed)."""
+
+
+def _membership(groups, dim: int) -> np.ndarray:
+    """`(n, dim)`: row `k` marks the state coordinates of oscillator `k`."""
+    m = np.zeros((len(groups), dim))
+    for k, g in enumerate(groups):
+        m[k, list(g)] = 1.0
+    return m
 METHODS = ("saliency", "gradient_x_input", "integrated_gradients")
 
 
@@ -67,6 +83,7 @@ def attribute_model(model, ds, preset: Preset):
 
     from flax import nnx
 
+    import models
     from models import attribution as A
 
     system, C, dt = ds.system, preset.context, ds.dt
@@ -92,7 +109,8 @@ def attribute_model(model, ds, preset: Preset):
             attr = np.asarray(fwd(ctx, method), dtype=np.float64)
             if not np.all(np.isfinite(attr)):
                 continue
-            s = A.score_by_horizon(attr, true_all[i], graph, ts_abs, ds.t_train)
+            s = A.score_by_horizon(attr, true_all[i], graph, ts_abs, ds.t_train,
+                                   state_layout=[list(g) for g in system.oscillator_groups()])
             per.append(s)
             if i == 0:
                 maps[method] = attr
@@ -106,9 +124,7 @@ def attribute_model(model, ds, preset: Preset):
             maps[f"{method}_spearman_by_horizon"] = np.nanmean([np.asarray(s.spearman) for s in per], 0)
             maps["true_auroc_by_horizon"] = np.nanmean([np.asarray(s.true_auroc) for s in per], 0)
     # saliency of q_1 over (time lag, oscillator) at the last horizon inside and beyond the window
-    n_osc = graph.shape[0]
-    groups = A._layout_groups("auto", n_osc, ds.state_dim)
-    member = jnp.asarray(A._membership(groups, ds.state_dim), dtype)
+    member = jnp.asarray(_membership(system.oscillator_groups(), ds.state_dim), dtype)
     ctx0 = jnp.asarray(ds.test[0, :C], dtype)
     for split, h_idx in (("inside", np.flatnonzero(ts_abs <= ds.t_train)), ("beyond", np.flatnonzero(ts_abs > ds.t_train))):
         if h_idx.size:
@@ -125,49 +141,73 @@ def attribute_model(model, ds, preset: Preset):
                          "coupling_auroc": float(np.nanmean(ta[mask])) if mask.any() else np.nan,
                          "jacobian_spearman": 1.0, "n_traj": len(per)})
     maps["ts_abs"] = ts_abs
-    if hasattr(model, "coupling") and getattr(model, "readout", 1) is None:
-        auroc = float(A.coupling_auroc(np.asarray(model.coupling()), graph))
+    learned = model.coupling() if isinstance(model, models.OscillatorModel) else None
+    if learned is not None and learned.shape == graph.shape and 0 < graph.sum() < graph.size - len(graph):
+        auroc = float(A.coupling_auroc(np.asarray(learned), graph))
         for split in ("inside", "beyond"):
             rows.append({"method": "learned_coupling", "split": split, "coupling_auroc": auroc,
                          "jacobian_spearman": np.nan, "n_traj": 0})
     return rows, maps
 
 
-def run(preset: Preset, out: Path, *, progress: bool = True) -> list[dict]:
-    """Attributes every stored model of the preset; skips models already attributed."""
-    from . import extrapolation as E
+def run(preset: Preset, output: Output, *, progress: bool = True) -> list[dict]:
+    """Attributes every model of the preset (first seed, every n_train), training first what
+    has not been trained under the current configuration; reuses attributions whose hash
+    matches. A model that cannot be attributed or probed is recorded with the reason.
 
-    adir = out / "attribution"
-    adir.mkdir(parents=True, exist_ok=True)
+    **Raises:** `NothingToAttribute` when no model could be trained and attributed."""
+    from . import extrapolation
+
     rows, probe_rows = [], []
+    seed = preset.seeds[0]
+    attr_settings = {f: getattr(preset, f) for f in (*Preset.ATTRIBUTION_FIELDS, "context")}
     for spec in preset.systems:
-        for label in preset.models:
-            seed = preset.seeds[0]
-            key = f"{spec.name}_n{spec.n}__{E._slug(label)}__seed{seed}"
-            done = adir / f"{key}.json"
-            if done.exists():
-                rec = json.loads(done.read_text())
-            else:
-                try:
-                    model, ds = E.load_model(out, spec, label, seed, preset)
-                except FileNotFoundError:
-                    continue  # not trained (n/a or failed)
-                r, maps = attribute_model(model, ds, preset)
-                np.savez(adir / f"{key}.npz", **maps)
-                rec = {"system": spec.name, "model": E.model_label(label, ds.system), "rows": r,
-                       "probes": probe_model(model, ds, preset, adir / f"{key}_probes.npz")}
-                write_json_atomic(done, rec)
-            for r in rec["rows"]:
-                rows.append({"system": rec["system"], "model": rec["model"], **r})
-            for r in rec["probes"]:
-                probe_rows.append({"system": rec["system"], "model": rec["model"], **r})
-            if progress:
-                best = [r for r in rec["rows"] if r["split"] == "inside"]
-                print("[attribution] " + rec["model"] + ": " + ", ".join(
-                    f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best), flush=True)
-    write_csv_atomic(out / "attribution.csv", ATTR_COLUMNS, rows)
-    write_csv_atomic(out / "probes.csv", PROBE_COLUMNS, probe_rows)
+        for n_train in preset.n_train:
+            for mspec in preset.models:
+                row = extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+                if row["status"] != "ok":
+                    continue
+                model, ds, key = extrapolation.load_model(spec, mspec, preset, seed=seed, n_train=n_train,
+                                                          output=output)
+                h = config_hash({"run": key.config_hash, **attr_settings})
+                done = output.run_file(key, "attribution.json")
+                rec = json.loads(done.read_text()) if done.exists() else None
+                if rec is None or rec.get("config_hash") != h:
+                    rec = {"system": spec.name, "model": key.model, "n_train": n_train, "config_hash": h}
+                    try:
+                        r, maps = attribute_model(model, ds, preset)
+                        np.savez(output.run_file(key, "attribution.npz"), **maps)
+                    except (ValueError, RuntimeError) as e:
+                        r = [{"method": "-", "split": "-", "reason": f"{type(e).__name__}: {e}"}]
+                    rec["rows"] = r
+                    rec["probes"] = probe_model(model, ds, preset, output.run_file(key, "probes.npz"))
+                    write_json_atomic(done, rec)
+                meta = {"system": rec["system"], "model": rec["model"], "n_train": n_train}
+                rows += [{**meta, **r} for r in rec["rows"]]
+                probe_rows += [{**meta, **r} for r in rec["probes"]]
+                if progress:
+                    best = [r for r in rec["rows"] if r["split"] == "inside"]
+                    print(f"[attribution] {rec['model']} n_train={n_train}: " + ", ".join(
+                        f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best), flush=True)
+    if not rows:
+        raise NothingToAttribute(
+            f"no model of preset {preset.name!r} could be trained and attributed in {output.root} "
+            "(every run is n/a or failed: see its result.json)")
+    write_csv_atomic(output.attribution_csv, ATTR_COLUMNS, rows)
+    write_csv_atomic(output.probes_csv, PROBE_COLUMNS, probe_rows)
     return rows
+
+
+def _normal_mode_frequencies(system) -> np.ndarray:
+    """The system's linear normal-mode frequencies: the positive imaginary parts of the
+    eigenvalues of its vector field's Jacobian at the rest state `y = 0` (none for a system
+    whose linearisation does not oscillate)."""
+    import jax
+    import jax.numpy as jnp
+
+    jac = np.asarray(jax.jacfwd(lambda y: system.vector_field(0.0, y))(jnp.zeros(system.state_dim)))
+    im = np.linalg.eigvals(jac).imag
+    return np.sort(im[im > 1e-9])
 
 
 def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
@@ -178,7 +218,6 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
 
     from flax import nnx
 
-    import dynamics
     import models
     from models import probes as P
 
@@ -201,8 +240,14 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     c_in, c_out = ctrl[:, inside].reshape(-1, ctrl.shape[-1]), ctrl[:, ~inside].reshape(-1, ctrl.shape[-1])
     rows = []
     for split, h, c, y, g in (("inside", h_in, c_in, y_in, g_in), ("beyond", h_out, c_out, y_out, g_out)):
-        for r in P.probe_report(h, P.physical_targets(system, y), control_hidden=c, key=0, groups=g,
-                                n_folds=min(5, n)):
+        try:
+            report = P.probe_report(h, P.physical_targets(system, y), control_hidden=c, key=0, groups=g,
+                                    n_folds=min(5, n))
+        except ValueError as e:  # e.g. too few trajectories for grouped cross-validation
+            rows.append({"quantity": "-", "split": split, "r2": np.nan, "control_r2": np.nan,
+                         "reason": f"probes skipped: {e}"})
+            continue
+        for r in report:
             rows.append({"quantity": r["quantity"], "split": split, "r2": float(r["r2"]),
                          "control_r2": float(r["control_r2"])})
     k = min(8, h_in.shape[-1])
@@ -216,8 +261,8 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
                  "control_r2": np.nan})
     rows.append({"quantity": "manifold_distance_ratio", "split": "beyond", "r2": float(dep.distance_ratio),
                  "control_r2": np.nan})
-    if hasattr(system, "omega") and hasattr(system, "coupling") and system.second_order:
-        true_modes, _ = dynamics.HarmonicChain(np.asarray(system.omega), np.asarray(system.coupling)).normal_modes()
+    true_modes = _normal_mode_frequencies(system)
+    if true_modes.size:
         fp = P.lstm_fixed_points(model, key=0, context=jnp.asarray(test[0, :C], dtype), n_starts=8)
         if len(fp.eigenvalues):
             cmp = P.compare_to_normal_modes(np.asarray(fp.eigenvalues), np.asarray(true_modes), ds.dt,
@@ -232,26 +277,27 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
 
 @dataclasses.dataclass
 class Args:
-    """Runs the attribution study on the models stored by the extrapolation study."""
+    """Runs the attribution study (training first what the extrapolation study has not)."""
 
-    preset: str = "quick"
     out: Path | None = None
+    """output directory (default results/<preset>/)"""
     figures: Path | None = None
+    """figure directory (default <out>/figures/)"""
     progress: bool = True
 
 
 def main(argv=None) -> None:
-    import tyro
-
-    args = tyro.cli(Args, args=argv)
-    preset = get_preset(args.preset)
+    args, preset, _ = cli(Args, argv)
     setup_jax()
-    out = args.out or Path("results") / preset.name
-    run(preset, out, progress=args.progress)
+    output = Output(args.out or Path("results") / preset.name, args.figures)
+    try:
+        run(preset, output, progress=args.progress)
+    except NothingToAttribute as e:
+        raise SystemExit(f"error: {e}") from None
     from .attribution_figures import draw_all
 
-    draw_all(out, args.figures or Path("figures") / preset.name)
-    print((out / "attribution.csv").read_text())
+    draw_all(output)
+    print(output.attribution_csv.read_text())
 
 
 if __name__ == "__main__":

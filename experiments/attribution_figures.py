@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .runs import Output  # noqa: E402
+
 
 def _read(path: Path) -> list[dict]:
     if not path.exists():
@@ -20,16 +22,20 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _records(out: Path):
-    for rec_path in sorted((out / "attribution").glob("*.json")):
+def _records(out: Output):
+    """`(record, maps, probe arrays)` of every attributed run (largest n_train first is not
+    implied: in the runs' directory order)."""
+    for result in out.results():
+        rec_path = result.with_name("attribution.json")
+        if not rec_path.exists():
+            continue
         rec = json.loads(rec_path.read_text())
-        npz = rec_path.with_suffix(".npz")
+        npz, probes = result.with_name("attribution.npz"), result.with_name("probes.npz")
         maps = dict(np.load(npz)) if npz.exists() else {}
-        probes = rec_path.with_name(rec_path.stem + "_probes.npz")
         yield rec, maps, (dict(np.load(probes)) if probes.exists() else {})
 
 
-def lag_maps(out: Path, path: Path):
+def lag_maps(out: Output, path: Path):
     recs = [(r, m) for r, m, _ in _records(out) if "lag_map_inside" in m]
     if not recs:
         return None
@@ -53,8 +59,8 @@ def lag_maps(out: Path, path: Path):
     return path
 
 
-def coupling_recovery(out: Path, path: Path):
-    rows = _read(out / "attribution.csv")
+def coupling_recovery(out: Output, path: Path):
+    rows = _read(out.attribution_csv)
     if not rows:
         return None
     labels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
@@ -76,7 +82,7 @@ def coupling_recovery(out: Path, path: Path):
     return path
 
 
-def auroc_by_horizon(out: Path, path: Path):
+def auroc_by_horizon(out: Output, path: Path):
     recs = [(r, m) for r, m, _ in _records(out) if "saliency_auroc_by_horizon" in m]
     if not recs:
         return None
@@ -95,8 +101,8 @@ def auroc_by_horizon(out: Path, path: Path):
     return path
 
 
-def probes(out: Path, path: Path):
-    rows = [r for r in _read(out / "probes.csv") if r["split"] in ("inside", "beyond")]
+def probes(out: Output, path: Path):
+    rows = [r for r in _read(out.probes_csv) if r["split"] in ("inside", "beyond")]
     if not rows:
         return None
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
@@ -117,7 +123,7 @@ def probes(out: Path, path: Path):
     return path
 
 
-def dissection_and_pca(out: Path, path: Path):
+def dissection_and_pca(out: Output, path: Path):
     recs = [(r, p) for r, _, p in _records(out) if "pca_inside" in p]
     if not recs:
         return None
@@ -143,7 +149,8 @@ def dissection_and_pca(out: Path, path: Path):
     return path
 
 
-def draw_all(out: Path, fig_dir: Path) -> list[Path]:
+def draw_all(out: Output) -> list[Path]:
+    fig_dir = out.figures
     fig_dir.mkdir(parents=True, exist_ok=True)
     made = [lag_maps(out, fig_dir / "attribution_maps.png"),
             coupling_recovery(out, fig_dir / "coupling_recovery.png"),

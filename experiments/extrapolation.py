@@ -1,99 +1,98 @@
 """The extrapolation study: every model on every system, inside versus beyond the training window.
 
-`python -m experiments.extrapolation --preset quick [--out DIR]`
+`python -m experiments.extrapolation --preset quick [--out DIR] [--steps 300 --seeds 0 1 ...]`
 
-For every system, model and seed (DESIGN.md section 6): fit on `train`; take
-the first `C` states of each `test` trajectory as context and forecast to
-`t_end`; score `interp_nmse` over `(t_C, t_train]`, `extrap_nmse` over
-`(t_train, t_end]`, `ood_nmse` on `test_ood`, `vpt` and `energy_drift`.
-Each run writes its own directory (`runs/<system>/<model>/seed<k>/`) atomically;
-a rerun skips finished runs and resumes interrupted trainings from their
-checkpoints. A run whose training diverges is recorded as failed, with the
-reason, and the study goes on.
+For every system, model, seed and number of training trajectories (DESIGN.md
+section 6): fit on `train`; take the first `C` states of each `test`
+trajectory as context and forecast to `t_end`; score `interp_nmse` over
+`(t_C, t_train]`, `extrap_nmse` over `(t_train, t_end]`, `ood_nmse` on
+`test_ood`, `vpt` and, for conservative systems, `energy_drift`. Each run
+writes its own directory (`experiments.runs.Output.run_dir`) atomically, keyed
+by the hash of its configuration: a rerun reuses a finished run only when the
+hash matches, recomputes it otherwise (saying why), and resumes interrupted
+trainings from their checkpoints. A model that does not apply to a system is
+recorded as `n/a` with the reason; a run whose training diverges as `failed`,
+and the study goes on.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import json
-import re
-import shutil
 import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 
-from . import metrics as M
+from . import metrics
 from ._runtime import environment, setup_jax, write_csv_atomic, write_json_atomic, write_text_atomic
-from .presets import Preset, SystemSpec, get_preset, parse_model_label
+from .presets import Preset, cli
+from .runs import Output, RunKey, data_config
+from .specs import ModelSpec, SystemSpec, jsonable, config_hash
 
 COLUMNS = (
-    "system", "model", "seed", "status", "interp_nmse", "extrap_nmse", "ood_nmse", "vpt",
+    "system", "model", "seed", "n_train", "status", "interp_nmse", "extrap_nmse", "ood_nmse", "vpt",
     "energy_drift", "sync_error", "train_seconds", "n_params", "reason",
 )
+_TEXT_COLUMNS = ("system", "model", "status", "reason")
 _N_SAMPLE = 3  # trajectories whose forecasts are stored for the figures
 
 
-class NotApplicable(Exception):
-    """A model that cannot be fitted to a system (e.g. an HNN on a first-order system)."""
-
-
-def _slug(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).strip("_")
-
-
 # --------------------------------------------------------------------------- data
-def load_or_make_dataset(spec: SystemSpec, preset: Preset, seed: int, out: Path):
+def load_or_make_dataset(spec: SystemSpec, preset: Preset, *, seed: int, n_train: int, output: Output,
+                         system=None, log=print):
+    """The dataset of `(spec, seed, n_train)`, from the cache when its stored generation config
+    equals the current one, otherwise (re)built and stored."""
     import jax
 
     import dynamics
 
-    path = out / "data" / f"{spec.name}_n{spec.n}_seed{seed}.npz"
+    system = spec.build() if system is None else system
+    cfg = data_config(spec, system, preset, seed=seed, n_train=n_train)
+    want = config_hash(cfg)
+    path = output.data(spec.name, seed=seed, n_train=n_train)
     if path.exists():
         try:
-            return dynamics.Dataset.load(path)
+            ds = dynamics.Dataset.load(path, system=system)
+            have = ds.metadata.get("study_config_hash")
+            if have == want:
+                return ds
+            log(f"[data] {path} was generated with config hash {have}, the current one is {want}; rebuilding")
         except ValueError as e:  # corrupted: rebuild it (it is deterministic)
-            print(f"[data] {path} is unusable ({e}); rebuilding")
+            log(f"[data] {path} is unusable ({e}); rebuilding")
     ds = dynamics.make_dataset(
-        spec.build(), key=jax.random.key(seed), n_train=preset.n_train, n_val=preset.n_val,
+        system, key=jax.random.key(seed), n_train=n_train, n_val=preset.n_val,
         n_test=preset.n_test, dt=preset.dt, t_train=preset.t_train, t_end=preset.t_end,
         noise=preset.noise, ood_scale=preset.ood_scale,
     )
+    ds.metadata.update(study_config=cfg, study_config_hash=want)
     ds.save(path)
     return ds
 
 
-# --------------------------------------------------------------------------- models
-def build_model(label: str, system, preset: Preset, spec: SystemSpec, *, seed: int):
-    from flax import nnx
-
-    import models
-
-    name, k = parse_model_label(label)
-    d = system.state_dim
-    rngs = nnx.Rngs(seed)
-    canonical = name != "LSTM" and name != "NeuralODE"
-    if canonical and not system.second_order:
-        raise NotApplicable(f"{name} needs a canonical (q, p) state; {type(system).__name__} is first order")
-    if name == "LSTM":
-        return models.LSTM(d, hidden=preset.hidden, rngs=rngs)
-    if name == "OscillatorModel":
-        k = d // 2 if k == "n" else k
-        return models.OscillatorModel(d, k=k, kind=spec.kind, window=preset.window, rngs=rngs)
-    return getattr(models, name)(d, width=preset.width, depth=2, window=preset.window, rngs=rngs)
+# --------------------------------------------------------------------------- the sweep
+def jobs(preset: Preset) -> list[tuple[SystemSpec, ModelSpec, int, int]]:
+    """Every (system, model, seed, n_train) of the preset, in a fixed order."""
+    return [(s, m, seed, n) for s in preset.systems for n in preset.n_train for seed in preset.seeds
+            for m in preset.models]
 
 
-def model_label(label: str, system) -> str:
-    name, k = parse_model_label(label)
-    return f"OscillatorModel(k={system.state_dim // 2})" if k == "n" else label
+def check_labels(preset: Preset) -> None:
+    """Labels of the models that apply to a system must be unique on it (no two runs pooled
+    under one name)."""
+    for spec in preset.systems:
+        system = spec.build()
+        labels = [m.label_for(system) for m in preset.models if m.applicable(system, spec) is None]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"preset {preset.name!r}: models {dup} appear twice on {spec.name}; "
+                             "give them distinct ModelSpec labels")
 
 
 def n_params(model) -> int:
-    from flax import nnx
-
     import jax
+    from flax import nnx
 
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
@@ -125,17 +124,23 @@ def save_model(model, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_model(out: Path, spec: SystemSpec, label: str, seed: int, preset: Preset):
-    """Rebuilds a model trained by `run_one` from its stored variables (no training)."""
+def load_model(spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int, n_train: int,
+               output: Output):
+    """Rebuilds a model trained by `run_one` from its stored variables (no training); returns
+    `(model, dataset, key)`. Raises `FileNotFoundError` when no finished run of the current
+    configuration is stored."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    path = out / "runs" / f"{spec.name}_n{spec.n}" / _slug(label) / f"seed{seed}" / "model.npz"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained model at {path}: run the extrapolation study first")
-    ds = load_or_make_dataset(spec, preset, seed, out)
-    model = build_model(label, ds.system, preset, spec, seed=seed)
+    system = spec.build()
+    key, _ = RunKey.of(spec, system, mspec, preset, seed=seed, n_train=n_train)
+    path = output.run_file(key, "model.npz")
+    if output.stored_result(key, log=lambda *_: None) is None or not path.exists():
+        raise FileNotFoundError(f"no trained model of {key.describe()} under the current configuration "
+                                f"at {path}")
+    ds = load_or_make_dataset(spec, preset, seed=seed, n_train=n_train, output=output, system=system)
+    model = mspec.build(system, spec, preset, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
     with np.load(path) as z:
@@ -143,154 +148,185 @@ def load_model(out: Path, spec: SystemSpec, label: str, seed: int, preset: Prese
         dt = float(z["dt"])
     model = nnx.merge(graphdef, jax.tree.unflatten(treedef, stored))
     model.dt = dt
-    return model, ds
+    return model, ds, key
 
 
-# --------------------------------------------------------------------------- one run
-def run_one(spec: SystemSpec, label: str, seed: int, preset: Preset, out: Path, *, progress=False) -> dict:
-    """Trains and scores one (system, model, seed); returns its row (and stores its arrays)."""
+def _write_arrays(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def run_one(spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int, n_train: int,
+            output: Output, progress: bool = False, log=print) -> dict:
+    """Trains and scores one run; returns its row (and stores its arrays and model)."""
     import jax
+    from flax import nnx
 
     import models
 
-    run_dir = out / "runs" / f"{spec.name}_n{spec.n}" / _slug(label) / f"seed{seed}"
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
-
-    ds = load_or_make_dataset(spec, preset, seed, out)
-    system = ds.system
+    system = spec.build()
+    key, cfg = RunKey.of(spec, system, mspec, preset, seed=seed, n_train=n_train)
+    done = output.stored_result(key, cfg, log=log)
+    if done is not None:
+        return done
+    run_dir = output.run_dir(key)
+    write_json_atomic(output.run_file(key, "config.json"),
+                      {"config_hash": key.config_hash, "config": jsonable(cfg), "preset": preset.name})
     row = {c: float("nan") for c in COLUMNS}
-    row.update(system=spec.name, model=model_label(label, system), seed=seed, status="ok", reason="")
-    arrays: dict[str, np.ndarray] = {}
+    row.update(system=spec.name, model=key.model, seed=seed, n_train=n_train, status="ok", reason="",
+               config_hash=key.config_hash)
+    reason = mspec.applicable(system, spec)
+    if reason is not None:
+        row.update(status="n/a", reason=reason)
+        write_json_atomic(output.run_file(key, "result.json"), row)
+        return row
     try:
-        model = build_model(label, system, preset, spec, seed=seed)
+        ds = load_or_make_dataset(spec, preset, seed=seed, n_train=n_train, output=output,
+                                  system=system, log=log)
+        model = mspec.build(system, spec, preset, rngs=nnx.Rngs(seed))
         row["n_params"] = n_params(model)
-        steps = preset.lstm_steps if isinstance(model, models.LSTM) else preset.steps
+        train = {"steps": preset.steps, "batch_size": preset.batch_size, "lr": preset.lr,
+                 "eval_every": preset.eval_every, **mspec.train}
         t0 = time.perf_counter()
-        model, history = models.fit(
-            model, ds, steps=steps, key=jax.random.key(1000 + seed), batch_size=preset.batch_size,
-            lr=preset.lr, eval_every=preset.eval_every, checkpoint_dir=run_dir / "checkpoint",
-            progress=progress,
-        )
+        model, history = models.fit(model, ds, key=jax.random.key(1000 + seed), progress=progress,
+                                    checkpoint_dir=output.run_file(key, "checkpoint"), **train)
         row["train_seconds"] = time.perf_counter() - t0
-        row.update(score(model, ds, preset, arrays))
-        write_json_atomic(run_dir / "history.json", history)
-        save_model(model, run_dir / "model.npz")
-    except NotApplicable as e:
-        row.update(status="n/a", reason=str(e))
+        scores, arrays = score(model, ds, preset)
+        row.update(scores)
+        write_json_atomic(output.run_file(key, "history.json"), history)
+        save_model(model, output.run_file(key, "model.npz"))
+        _write_arrays(output.run_file(key, "arrays.npz"), arrays)
     except models.TrainingDiverged as e:
         row.update(status="failed", reason=str(e))
     except (ValueError, FloatingPointError, RuntimeError) as e:
         row.update(status="failed", reason=f"{type(e).__name__}: {e}")
         traceback.print_exc()
-    if arrays:
-        tmp = run_dir / "arrays.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(run_dir / "arrays.npz")
-    write_json_atomic(run_dir / "config.json", {"preset": preset.as_dict(), "system": spec.name,
-                                                "model": label, "seed": seed})
-    write_json_atomic(result_path, row)
+    write_json_atomic(output.run_file(key, "result.json"), row)
+    import shutil
+
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: the result is the record
     return row
 
 
-def score(model, ds, preset: Preset, arrays: dict) -> dict:
-    """Forecasts `test` and `test_ood` from their first `C` states and computes the metrics."""
+def _linear_coupling(system) -> np.ndarray | None:
+    """The true linear coupling at rest, `kappa_ij = -d p_i' / d q_j` (i != j) in the system's
+    declared layout; None for first-order systems."""
+    import jax
+    import jax.numpy as jnp
+
+    if not system.second_order:
+        return None
+    groups = system.oscillator_groups()
+    jac = np.asarray(jax.jacfwd(lambda y: system.vector_field(0.0, y))(jnp.zeros(system.state_dim)))
+    q_idx, p_idx = [g[0] for g in groups], [g[1] for g in groups]
+    k = -jac[np.ix_(p_idx, q_idx)]
+    np.fill_diagonal(k, 0.0)
+    return k
+
+
+def score(model, ds, preset: Preset) -> tuple[dict, dict]:
+    """Forecasts `test` and `test_ood` from their first `C` states; returns the metrics and the
+    arrays the figures are drawn from."""
+    import models
+
     system, C = ds.system, preset.context
     ts = ds.ts
     horizon = len(ts) - C
-    out = {}
+    out, arrays = {}, {}
+    test = np.asarray(ds.test, dtype=np.float64)
+    var = test.reshape(-1, test.shape[-1]).var(0)
+    var = np.where(var > 0, var, 1.0)
     for split in ("test", "test_ood"):
         true = np.asarray(ds.split(split), dtype=np.float64)
         pred = batch_forecast(model, true[:, :C], horizon)
-        var = true.reshape(-1, true.shape[-1]).var(0)
-        var = np.where(var > 0, var, 1.0)
-        curve = M.nmse_curve(pred, true[:, C:], var)
+        curve = metrics.nmse_curve(pred, true[:, C:], var)
         arrays[f"nmse_{split}"] = curve
-        if split == "test":
-            t_f = ts[C:]
-            inside = t_f <= ds.t_train + 1e-9
-            out["interp_nmse"] = float(np.mean(curve[inside]))
-            out["extrap_nmse"] = float(np.mean(curve[~inside]))
-            out["vpt"] = M.valid_prediction_time(pred, true[:, C:], ts[C:], ts[C - 1]) / ds.t_train
-            arrays["ts_forecast"] = t_f
-            arrays["sample_pred"] = pred[:_N_SAMPLE]
-            arrays["sample_true"] = true[:_N_SAMPLE]
-            if system.has_energy:
-                e_pred = np.asarray(system.energy(pred))
-                e0 = np.asarray(system.energy(true[:, 0]))
-                drift = M.energy_drift_curve(e_pred, e0)
-                arrays["energy_drift"] = drift
-                out["energy_drift"] = float(np.mean(drift))
-            if hasattr(system, "order_parameter"):
-                r_err = np.abs(np.asarray(system.order_parameter(pred)) - np.asarray(system.order_parameter(true[:, C:])))
-                arrays["sync_error"] = r_err.mean(0)
-                out["sync_error"] = float(r_err.mean())
-        else:
+        if split == "test_ood":
             out["ood_nmse"] = float(np.mean(curve))
-    if hasattr(model, "frequencies"):
+            continue
+        t_f = ts[C:]
+        inside = t_f <= ds.t_train + 1e-9
+        out["interp_nmse"] = float(np.mean(curve[inside]))
+        out["extrap_nmse"] = float(np.mean(curve[~inside]))
+        out["vpt"] = metrics.valid_prediction_time(pred, true[:, C:], ts[C:], ts[C - 1]) / ds.t_train
+        arrays.update(ts_forecast=t_f, sample_pred=pred[:_N_SAMPLE], sample_true=true[:_N_SAMPLE])
+        obs_pred, obs_true = system.observables(pred), system.observables(true)
+        if system.conservative and "energy" in obs_pred:
+            drift = metrics.energy_drift_curve(np.asarray(obs_pred["energy"]),
+                                               np.asarray(obs_true["energy"])[:, 0])
+            arrays["energy_drift"] = drift
+            out["energy_drift"] = float(np.mean(drift))
+        if "order_parameter" in obs_pred:
+            r_err = np.abs(np.asarray(obs_pred["order_parameter"]) - np.asarray(obs_true["order_parameter"])[:, C:])
+            arrays["sync_error"] = r_err.mean(0)
+            out["sync_error"] = float(r_err.mean())
+    if isinstance(model, models.OscillatorModel):
         arrays["learned_frequencies"] = np.asarray(model.frequencies())
         arrays["learned_coupling"] = np.asarray(model.coupling())
-        if hasattr(system, "omega"):
-            arrays["true_frequencies"] = np.asarray(system.omega)
-        if hasattr(system, "coupling") and not callable(getattr(system, "coupling")):
-            arrays["true_coupling"] = np.asarray(system.coupling)
-    return out
+        arrays["true_frequencies"] = np.asarray(system.natural_frequencies())
+        k = _linear_coupling(system)
+        if k is not None:
+            arrays["true_coupling"] = k
+    return out, arrays
 
 
 # --------------------------------------------------------------------------- the study
-def run(preset: Preset, out: Path, *, progress: bool = True) -> list[dict]:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {"preset": preset.as_dict(), "environment": environment()})
+def run(preset: Preset, output: Output, *, progress: bool = True, overrides: dict | None = None) -> list[dict]:
+    check_labels(preset)
+    output.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output.config, {"preset": preset.as_dict(), "overrides": overrides or {},
+                                      "environment": environment()})
     rows = []
-    jobs = [(s, m, seed) for s in preset.systems for seed in preset.seeds for m in preset.models]
-    for i, (spec, label, seed) in enumerate(jobs, 1):
+    todo = jobs(preset)
+    for i, (spec, mspec, seed, n_train) in enumerate(todo, 1):
         t0 = time.perf_counter()
-        row = run_one(spec, label, seed, preset, out)
+        row = run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
         rows.append(row)
         if progress:
-            print(f"[{i}/{len(jobs)}] {spec.name} {row['model']} seed {seed}: {row['status']} "
-                  f"interp {row['interp_nmse']:.3g} extrap {row['extrap_nmse']:.3g} "
+            print(f"[{i}/{len(todo)}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
+                  f"{row['status']} interp {row['interp_nmse']:.3g} extrap {row['extrap_nmse']:.3g} "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    write_metrics(rows, out)
+    write_metrics(rows, output)
     return rows
 
 
-def write_metrics(rows: list[dict], out: Path) -> None:
-    write_csv_atomic(out / "metrics.csv", COLUMNS, rows)
-    write_text_atomic(out / "summary.md", summary_markdown(rows))
+def write_metrics(rows: list[dict], output: Output) -> None:
+    write_csv_atomic(output.metrics, COLUMNS, rows)
+    write_text_atomic(output.summary, summary_markdown(rows))
 
 
-def read_metrics(out: Path) -> list[dict]:
-    with open(out / "metrics.csv") as f:
+def read_metrics(output: Output) -> list[dict]:
+    with open(output.metrics) as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         for k in COLUMNS:
-            if k not in ("system", "model", "status", "reason"):
+            if k not in _TEXT_COLUMNS:
                 r[k] = float(r[k]) if r[k] not in ("", "nan") else float("nan")
     return rows
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    """A table of every system and model: mean and 95% interval over seeds."""
+    """A table of every system, model and n_train: mean and 95% interval over seeds."""
     cols = ("interp_nmse", "extrap_nmse", "ood_nmse", "vpt", "energy_drift")
-    lines = ["| system | model | seeds | " + " | ".join(cols) + " |",
-             "|" + "---|" * (3 + len(cols))]
+    lines = ["| system | model | n_train | seeds | " + " | ".join(cols) + " |",
+             "|" + "---|" * (4 + len(cols))]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["system"], r["model"]), []).append(r)
-    for (system, model), rs in groups.items():
+        groups.setdefault((r["system"], r["model"], int(r["n_train"])), []).append(r)
+    for (system, model, n_train), rs in groups.items():
         ok = [r for r in rs if r["status"] == "ok"]
         cells = []
         for c in cols:
-            m, h = M.mean_ci([r[c] for r in ok])
+            m, h = metrics.mean_ci([r[c] for r in ok])
             cells.append("-" if not np.isfinite(m) else (f"{m:.3g}" if not np.isfinite(h) else f"{m:.3g} ± {h:.2g}"))
-        status = f"{len(ok)}/{len(rs)}" + ("" if len(ok) == len(rs) else f" ({', '.join(sorted({r['status'] for r in rs if r['status'] != 'ok'}))})")
-        lines.append(f"| {system} | {model} | {status} | " + " | ".join(cells) + " |")
+        bad = sorted({r["status"] for r in rs if r["status"] != "ok"})
+        status = f"{len(ok)}/{len(rs)}" + (f" ({', '.join(bad)})" if bad else "")
+        lines.append(f"| {system} | {model} | {n_train} | {status} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Mean ± half-width of the 95% Student-t interval over seeds (no interval for one seed). "
-                 "`vpt` in units of t_train; nmse normalised per coordinate by the test-set variance.")
+                 "`vpt` in units of t_train; nmse normalised per coordinate by the test-set variance; "
+                 "`energy_drift` only for conservative systems.")
     return "\n".join(lines) + "\n"
 
 
@@ -298,21 +334,16 @@ def summary_markdown(rows: list[dict]) -> str:
 class Args:
     """Runs the extrapolation study for a preset."""
 
-    preset: str = "quick"
-    """tiny, quick or full"""
     out: Path | None = None
     """output directory (default results/<preset>/)"""
     progress: bool = True
 
 
 def main(argv=None) -> None:
-    import tyro
-
-    args = tyro.cli(Args, args=argv)
-    preset = get_preset(args.preset)
+    args, preset, overrides = cli(Args, argv)
     setup_jax()
-    out = args.out or Path("results") / preset.name
-    rows = run(preset, out, progress=args.progress)
+    output = Output(args.out or Path("results") / preset.name)
+    rows = run(preset, output, progress=args.progress, overrides=overrides)
     print(summary_markdown(rows))
 
 

@@ -1,11 +1,15 @@
 """Every figure of the study, redrawn from stored results without training anything.
 
-`python -m experiments.figures --preset quick [--out results/quick] [--figures figures/quick]`
+`python -m experiments.figures --preset quick [--out results/quick] [--figures DIR]`
+
+Figures go to `<out>/figures/` unless `--figures` says otherwise. Where a
+study has several `n_train`, these figures show each system's largest.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .extrapolation import read_metrics  # noqa: E402
+from .presets import cli  # noqa: E402
+from .runs import Output  # noqa: E402
 
 _COLORS = {"truth": "black", "LSTM": "tab:red", "NeuralODE": "tab:orange", "SecondOrderNODE": "tab:brown",
            "HNN": "tab:blue", "LNN": "tab:cyan", "DissipativeHNN": "tab:purple"}
@@ -36,25 +42,31 @@ def _set_k_max(models):
     _color.k_max = osc[0] if osc else None
 
 
-def load_runs(out: Path) -> dict:
-    """`{(system, model): [arrays of each seed]}` for every finished run that stored arrays."""
+def load_runs(out: Output, n_train: dict[str, int] | None = None) -> dict:
+    """`{(system, model): [arrays of each seed]}` for every finished run that stored arrays
+    (only `n_train[system]` where given)."""
     import json
 
     runs: dict = {}
-    for res in sorted((out / "runs").glob("*/*/seed*/result.json")):
+    for res in out.results():
         row = json.loads(res.read_text())
         arr = res.parent / "arrays.npz"
         if row.get("status") != "ok" or not arr.exists():
+            continue
+        if n_train is not None and int(row["n_train"]) != n_train.get(row["system"]):
             continue
         with np.load(arr) as z:
             runs.setdefault((row["system"], row["model"]), []).append(dict(z) | {"seed": row["seed"]})
     return runs
 
 
+def _oscillators(model: str) -> int | None:
+    m = re.fullmatch(r"OscillatorModel\(k=(\d+)\)", model)
+    return int(m.group(1)) if m else None
+
+
 def _osc_labels(models):
-    osc = sorted([m for m in models if m.startswith("OscillatorModel")],
-                 key=lambda m: -int(m.split("=")[1].rstrip(")")))
-    return osc
+    return sorted([m for m in models if _oscillators(m) is not None], key=lambda m: -_oscillators(m))
 
 
 def motivating(runs, system, t_train, path: Path, coord: int = 0):
@@ -166,7 +178,8 @@ def valid_prediction_time(rows, path: Path):
 
 def learned_parameters(runs, system, path: Path):
     cands = [(m, rs) for (s, m), rs in runs.items() if s == system and m.startswith("OscillatorModel")
-             and "true_frequencies" in rs[0] and rs[0]["learned_frequencies"].shape == rs[0]["true_frequencies"].shape]
+             and "true_coupling" in rs[0] and rs[0]["learned_frequencies"].shape == rs[0]["true_frequencies"].shape
+             and rs[0]["learned_coupling"].shape == rs[0]["true_coupling"].shape]
     if not cands:
         return None
     m, rs = cands[0]
@@ -188,10 +201,13 @@ def learned_parameters(runs, system, path: Path):
     return path
 
 
-def draw_all(out: Path, figures: Path, t_train: float) -> list[Path]:
+def draw_all(out: Output, t_train: float) -> list[Path]:
+    figures = out.figures
     figures.mkdir(parents=True, exist_ok=True)
     rows = read_metrics(out)
-    runs = load_runs(out)
+    largest = {s: max(int(r["n_train"]) for r in rows if r["system"] == s) for s in {r["system"] for r in rows}}
+    rows = [r for r in rows if int(r["n_train"]) == largest[r["system"]]]
+    runs = load_runs(out, largest)
     _set_k_max({r["model"] for r in rows})
     made = []
     for system in sorted({r["system"] for r in rows}):
@@ -202,35 +218,29 @@ def draw_all(out: Path, figures: Path, t_train: float) -> list[Path]:
                  learned_parameters(runs, system, figures / f"learned_parameters_{tag}.png")]
     made += [interp_vs_extrap(rows, figures / "interp_vs_extrap.png"),
              valid_prediction_time(rows, figures / "valid_prediction_time.png")]
-    if (out / "attribution.csv").exists():
+    if out.attribution_csv.exists():
         from .attribution_figures import draw_all as draw_attribution
 
-        made += draw_attribution(out, figures)
+        made += draw_attribution(out)
     return [p for p in made if p is not None]
 
 
 @dataclasses.dataclass
 class Args:
-    """Redraws every figure of a preset from its stored results."""
+    """Redraws every figure of a preset from its stored results (no training)."""
 
-    preset: str = "quick"
     out: Path | None = None
     """results directory (default results/<preset>/)"""
     figures: Path | None = None
-    """figure directory (default figures/<preset>/)"""
+    """figure directory (default <out>/figures/)"""
 
 
 def main(argv=None) -> None:
-    import tyro
-
-    from .presets import get_preset
-
-    args = tyro.cli(Args, args=argv)
-    preset = get_preset(args.preset)
-    out = args.out or Path("results") / preset.name
-    if not (out / "metrics.csv").exists():
-        raise SystemExit(f"no results in {out}: run `python -m experiments.study --preset {preset.name}` first")
-    for p in draw_all(out, args.figures or Path("figures") / preset.name, preset.t_train):
+    args, preset, _ = cli(Args, argv)
+    out = Output(args.out or Path("results") / preset.name, args.figures)
+    if not out.metrics.exists():
+        raise SystemExit(f"no results in {out.root}: run `python -m experiments.study --preset {preset.name}` first")
+    for p in draw_all(out, preset.t_train):
         print(p)
 
 

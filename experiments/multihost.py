@@ -28,39 +28,40 @@ With `--num-processes 1` (the default) it runs everything in one process.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from ._runtime import setup_jax
-from .presets import Preset, get_preset
+from .presets import Preset, cli
+from .runs import Output
 
 
 def my_jobs(preset: Preset, process_index: int, process_count: int) -> list[tuple]:
     """This process's share of the sweep: a round-robin split, disjoint and complete."""
+    from .extrapolation import jobs
+
     if not 0 <= process_index < process_count:
         raise ValueError(f"process index {process_index} not in [0, {process_count})")
-    jobs = [(s, m, seed) for s in preset.systems for seed in preset.seeds for m in preset.models]
-    return jobs[process_index::process_count]
+    return jobs(preset)[process_index::process_count]
 
 
-def run(preset: Preset, out: Path, *, process_index: int = 0, process_count: int = 1, progress=True):
-    from . import extrapolation as E
+def run(preset: Preset, output: Output, *, process_index: int = 0, process_count: int = 1, progress=True):
+    from . import extrapolation
 
-    out.mkdir(parents=True, exist_ok=True)
-    for spec, label, seed in my_jobs(preset, process_index, process_count):
-        row = E.run_one(spec, label, seed, preset, out)
+    extrapolation.check_labels(preset)
+    output.root.mkdir(parents=True, exist_ok=True)
+    for spec, mspec, seed, n_train in my_jobs(preset, process_index, process_count):
+        row = extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
         if progress:
-            print(f"[process {process_index}] {spec.name} {row['model']} seed {seed}: {row['status']}", flush=True)
+            print(f"[process {process_index}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
+                  f"{row['status']}", flush=True)
     if process_count > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("study runs finished")
-    if process_index == 0:
-        rows = []
-        for spec, label, seed in my_jobs(preset, 0, 1):
-            path = out / "runs" / f"{spec.name}_n{spec.n}" / E._slug(label) / f"seed{seed}" / "result.json"
-            rows.append(json.loads(path.read_text()))
-        E.write_metrics(rows, out)
+    if process_index == 0:  # every run is finished and stored: this reads them back
+        rows = [extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+                for spec, mspec, seed, n_train in my_jobs(preset, 0, 1)]
+        extrapolation.write_metrics(rows, output)
         return rows
     return None
 
@@ -69,8 +70,8 @@ def run(preset: Preset, out: Path, *, process_index: int = 0, process_count: int
 class Args:
     """Runs this process's share of the study (see the module docstring)."""
 
-    preset: str = "full"
     out: Path | None = None
+    """output directory shared by every process (default results/<preset>/)"""
     coordinator: str | None = None
     """address host:port of process 0's coordinator (None: found by jax where it can)"""
     num_processes: int = 1
@@ -80,17 +81,14 @@ class Args:
 
 def main(argv=None) -> None:
     import jax
-    import tyro
 
-    args = tyro.cli(Args, args=argv)
-    preset = get_preset(args.preset)
+    args, preset, _ = cli(Args, argv, default_preset="full")
     setup_jax()
     if args.num_processes > 1:
         jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
                                    process_id=args.process_id)
-    out = args.out or Path("results") / preset.name
-    run(preset, out, process_index=jax.process_index(), process_count=jax.process_count(),
-        progress=args.progress)
+    run(preset, Output(args.out or Path("results") / preset.name), process_index=jax.process_index(),
+        process_count=jax.process_count(), progress=args.progress)
 
 
 if __name__ == "__main__":

@@ -1,75 +1,109 @@
-"""Named configurations of the study: `tiny` (tests), `quick` (a laptop CPU, minutes), `full` (one GPU)."""
+"""Named configurations of the study and the command line that overrides them.
+
+`tiny` (tests), `quick` (a laptop CPU, minutes), `full` (one GPU). A preset is
+a frozen `Preset`: the systems and models (objects from `experiments.specs`)
+and flat settings, every one of which is a command-line flag of every study
+command (`--steps 300 --seeds 0 1 2 --n-train 1 8`). `--preset NAME` picks the
+defaults; `--preset package.module:NAME` loads a user's own `Preset` object.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Literal
+import functools
+import importlib
+import math
+from typing import Annotated
 
 import numpy as np
+import tyro
 
 import dynamics
+import models
 
-PresetName = Literal["tiny", "quick", "full"]
+from .specs import ModelSpec, OscillatorSpec, SystemSpec
 
-#: every model label the study knows; `OscillatorModel(k=K)` with K an integer or "n"
-MODEL_LABELS = ("LSTM", "NeuralODE", "SecondOrderNODE", "HNN", "LNN", "DissipativeHNN")
-
-
-@dataclasses.dataclass(frozen=True)
-class SystemSpec:
-    """A system of the study: its name, constructor keyword arguments and the oscillator kind
-    the structured model should assume."""
-
-    name: str
-    kind: str = "pendulum"
-    n: int = 4
-    graph: str = "chain"
-    kappa: float = 0.2
-
-    def build(self) -> dynamics.AbstractSystem:
-        n = self.n
-        rng = np.random.default_rng(12345)  # fixed, slightly detuned frequencies
-        omega = 1.0 + 0.15 * rng.uniform(-1, 1, n)
-        coupling = {"chain": dynamics.chain_coupling, "ring": dynamics.ring_coupling,
-                    "all": dynamics.all_to_all_coupling}[self.graph](n, self.kappa)
-        if self.name == "CoupledPendulums":
-            return dynamics.CoupledPendulums(omega=omega, coupling=coupling)
-        if self.name == "HarmonicChain":
-            return dynamics.HarmonicChain(omega=omega, coupling=coupling)
-        if self.name == "CoupledVanDerPol":
-            return dynamics.CoupledVanDerPol(omega=omega, mu=0.5, coupling=coupling)
-        if self.name == "HuygensClocks":
-            return dynamics.HuygensClocks(omega=np.ones(n) + 0.01 * rng.uniform(-1, 1, n))
-        if self.name == "Kuramoto":
-            return dynamics.Kuramoto(omega=rng.normal(0, 0.5, n), coupling=coupling)
-        if self.name == "DoublePendulum":
-            return dynamics.DoublePendulum()
-        raise ValueError(f"unknown system {self.name!r}")
+# --------------------------------------------------------------------------- systems
+_GRAPHS = {"chain": dynamics.chain_coupling, "ring": dynamics.ring_coupling,
+           "all": dynamics.all_to_all_coupling}
 
 
+def _detuned(n: int, spread: float = 0.15) -> np.ndarray:
+    """Fixed, slightly detuned frequencies `1 + spread * U(-1, 1)` (seed 12345)."""
+    return 1.0 + spread * np.random.default_rng(12345).uniform(-1, 1, n)
+
+
+def coupled(cls: type, n: int = 4, graph: str = "chain", kappa: float = 0.2, **kwargs):
+    """`cls(omega=_detuned(n), coupling=graph(n, kappa), **kwargs)` for the unit-mass chains."""
+    return cls(omega=_detuned(n), coupling=_GRAPHS[graph](n, kappa), **kwargs)
+
+
+def huygens(n: int = 2) -> dynamics.HuygensClocks:
+    return dynamics.HuygensClocks(omega=_detuned(n, 0.01))
+
+
+def kuramoto(n: int = 8, graph: str = "ring", kappa: float = 0.1) -> dynamics.Kuramoto:
+    omega = np.random.default_rng(12345).normal(0.0, 0.5, n)
+    return dynamics.Kuramoto(omega=omega, coupling=_GRAPHS[graph](n, kappa))
+
+
+PENDULUMS4 = SystemSpec("CoupledPendulums", functools.partial(coupled, dynamics.CoupledPendulums),
+                        oscillator_kind="pendulum")
+HARMONIC4 = SystemSpec("HarmonicChain", functools.partial(coupled, dynamics.HarmonicChain, kappa=0.3),
+                       oscillator_kind="harmonic")
+VANDERPOL4 = SystemSpec(
+    "CoupledVanDerPol",
+    functools.partial(coupled, dynamics.CoupledVanDerPol, graph="ring", kappa=0.1, mu=0.5),
+    oscillator_kind="vanderpol",
+)
+HUYGENS2 = SystemSpec("HuygensClocks", huygens, oscillator_kind="pendulum")
+KURAMOTO8 = SystemSpec("Kuramoto", kuramoto)
+DOUBLE_PENDULUM = SystemSpec("DoublePendulum", dynamics.DoublePendulum, oscillator_kind="pendulum")
+
+# --------------------------------------------------------------------------- models
+_ODE = {"width": "width", "window": "window"}
+LSTM = ModelSpec(models.LSTM, preset_kwargs={"hidden": "hidden"})
+NEURAL_ODE = ModelSpec(models.NeuralODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
+SECOND_ORDER_NODE = ModelSpec(models.SecondOrderNODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
+HNN = ModelSpec(models.HNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
+LNN = ModelSpec(models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
+DISSIPATIVE_HNN = ModelSpec(models.DissipativeHNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
+OSCILLATORS_N = OscillatorSpec(k="n", preset_kwargs={"window": "window"})
+OSCILLATORS_2 = OscillatorSpec(k=2, preset_kwargs={"window": "window"})
+
+
+# --------------------------------------------------------------------------- presets
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Everything that defines a study run (recorded with its results)."""
+    """Everything that defines a study run (recorded with its results; each run is keyed by
+    a hash of what determines it). The systems and models are objects (set in Python); every
+    other field is a command-line flag."""
 
-    name: str
-    systems: tuple[SystemSpec, ...]
-    models: tuple[str, ...]
-    seeds: tuple[int, ...]
-    n_train: int = 128
+    name: Annotated[str, tyro.conf.Suppress]
+    systems: Annotated[tuple[SystemSpec, ...], tyro.conf.Suppress]
+    models: Annotated[tuple[ModelSpec, ...], tyro.conf.Suppress]
+    seeds: tuple[int, ...] = (0,)
+    """training seeds (each also draws its own dataset)"""
+    n_train: tuple[int, ...] = (128,)
+    """numbers of training trajectories (an axis of the study, like seeds)"""
     n_val: int = 16
     n_test: int = 16
     dt: float = 0.05
     t_train: float = 10.0
     t_end: float = 40.0
     noise: float = 0.0
+    """standard deviation of the noise on train and val"""
     ood_scale: float = 2.0
     context: int = 20
+    """observed states a forecast starts from"""
     steps: int = 1500
-    lstm_steps: int = 1500
     batch_size: int = 32
     lr: float = 3e-3
     width: int = 64
+    """width of the ODE-type models' networks"""
     hidden: int = 64
+    """LSTM hidden size"""
     eval_every: int = 250
     window: int = 30
     """multiple-shooting window (steps) of the ODE models"""
@@ -80,75 +114,134 @@ class Preset:
     ig_steps: int = 8
     """Gauss-Legendre nodes of integrated gradients in the study"""
 
+    #: the fields that concern only the attribution study (not part of a run's hash)
+    ATTRIBUTION_FIELDS = ("attr_traj", "attr_horizons", "ig_steps")
+
     def __post_init__(self):
-        for label in self.models:
-            parse_model_label(label)
-        for f in ("n_train", "n_test", "context", "steps", "lstm_steps", "batch_size", "width",
-                  "hidden", "eval_every", "window"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"preset {self.name!r}: {f} must be >= 1, got {getattr(self, f)!r}")
-        if not (0 < self.dt and 0 < self.t_train <= self.t_end):
-            raise ValueError(f"preset {self.name!r}: need 0 < dt and 0 < t_train <= t_end")
+        def fail(msg):
+            raise ValueError(f"preset {self.name!r}: {msg}")
+
+        for f in ("n_val",):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+                fail(f"{f} must be an integer >= 0, got {getattr(self, f)!r}")
+        for f in ("n_test", "context", "steps", "batch_size", "width", "hidden", "eval_every",
+                  "window", "attr_traj", "attr_horizons", "ig_steps"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                fail(f"{f} must be an integer >= 1, got {getattr(self, f)!r}")
+        for f in ("dt", "t_train", "t_end", "lr", "ood_scale"):
+            if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
+                fail(f"{f} must be finite and > 0, got {getattr(self, f)!r}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            fail(f"noise must be finite and >= 0, got {self.noise!r}")
+        if not self.t_train <= self.t_end:
+            fail(f"need t_train <= t_end, got {self.t_train} > {self.t_end}")
         if self.context * self.dt >= self.t_train:
-            raise ValueError(f"preset {self.name!r}: the context must end inside the training window")
-        if not self.seeds:
-            raise ValueError(f"preset {self.name!r}: needs at least one seed")
+            fail(f"the context ({self.context} states of dt={self.dt}) must end inside the training window")
+        for f in ("seeds", "n_train"):
+            vals = getattr(self, f)
+            if not vals or len(set(vals)) != len(vals):
+                fail(f"{f} must be a non-empty tuple without repeats, got {vals!r}")
+        if any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            fail(f"seeds must be non-negative integers, got {self.seeds!r}")
+        if any(not isinstance(n, int) or n < 1 for n in self.n_train):
+            fail(f"n_train must be positive integers, got {self.n_train!r}")
+        if not self.systems or not all(isinstance(s, SystemSpec) for s in self.systems):
+            fail("systems must be a non-empty tuple of SystemSpec")
+        if len({s.name for s in self.systems}) != len(self.systems):
+            fail(f"system names must be unique, got {[s.name for s in self.systems]}")
+        if not self.models or not all(isinstance(m, ModelSpec) for m in self.models):
+            fail("models must be a non-empty tuple of ModelSpec")
+
+    def settings(self) -> dict:
+        """The flat settings (every field but the name, systems and models)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("name", "systems", "models")}
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        from .specs import jsonable
+
+        return {"name": self.name, "systems": [s.describe() for s in self.systems],
+                "models": [jsonable(dataclasses.asdict(m)) for m in self.models], **self.settings()}
+
+    def overrides(self, base: Preset) -> dict:
+        """The settings that differ from `base` (what the command line changed)."""
+        mine, theirs = self.settings(), base.settings()
+        return {k: v for k, v in mine.items() if v != theirs[k]}
 
 
-def parse_model_label(label: str) -> tuple[str, str | int | None]:
-    """`"OscillatorModel(k=2)"` -> `("OscillatorModel", 2)`; `"LSTM"` -> `("LSTM", None)`."""
-    if label.startswith("OscillatorModel(k=") and label.endswith(")"):
-        k = label[len("OscillatorModel(k="):-1]
-        if k == "n":
-            return "OscillatorModel", "n"
-        if k.isdigit() and int(k) >= 1:
-            return "OscillatorModel", int(k)
-        raise ValueError(f"bad OscillatorModel label {label!r}: k must be a positive integer or n")
-    if label in MODEL_LABELS:
-        return label, None
-    raise ValueError(f"unknown model {label!r}; expected one of {MODEL_LABELS} or 'OscillatorModel(k=K)'")
-
-
-_PENDULUMS4 = SystemSpec("CoupledPendulums", kind="pendulum", n=4, graph="chain", kappa=0.2)
+ALL_MODELS = (LSTM, NEURAL_ODE, SECOND_ORDER_NODE, OSCILLATORS_N, OSCILLATORS_2, HNN, LNN,
+              DISSIPATIVE_HNN)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
-        systems=(SystemSpec("CoupledPendulums", kind="pendulum", n=2, graph="chain", kappa=0.2),),
-        models=("OscillatorModel(k=2)", "LSTM"),
-        seeds=(0,), n_train=8, n_val=2, n_test=4, t_train=5.0, t_end=10.0, dt=0.1, context=10,
-        steps=60, lstm_steps=60, eval_every=20, width=16, hidden=16, batch_size=8, window=10,
+        systems=(SystemSpec("CoupledPendulums",
+                            functools.partial(coupled, dynamics.CoupledPendulums, n=2),
+                            oscillator_kind="pendulum"),),
+        models=(OSCILLATORS_N, LSTM),
+        seeds=(0,), n_train=(8,), n_val=2, n_test=4, t_train=5.0, t_end=10.0, dt=0.1, context=10,
+        steps=60, eval_every=20, width=16, hidden=16, batch_size=8, window=10,
     ),
     "quick": Preset(
         name="quick",
-        systems=(_PENDULUMS4,),
-        models=("LSTM", "NeuralODE", "SecondOrderNODE", "OscillatorModel(k=4)",
-                "OscillatorModel(k=2)", "HNN"),
+        systems=(PENDULUMS4,),
+        models=(LSTM, NEURAL_ODE, SECOND_ORDER_NODE, OSCILLATORS_N, OSCILLATORS_2, HNN),
         seeds=(0,),
     ),
     "full": Preset(
         name="full",
-        systems=(
-            _PENDULUMS4,
-            SystemSpec("HarmonicChain", kind="harmonic", n=4, graph="chain", kappa=0.3),
-            SystemSpec("CoupledVanDerPol", kind="vanderpol", n=4, graph="ring", kappa=0.1),
-            SystemSpec("HuygensClocks", kind="pendulum", n=2),
-            SystemSpec("Kuramoto", n=8, graph="all", kappa=0.1),
-            SystemSpec("DoublePendulum", kind="pendulum", n=2),
-        ),
-        models=("LSTM", "NeuralODE", "SecondOrderNODE", "OscillatorModel(k=n)",
-                "OscillatorModel(k=2)", "HNN", "LNN", "DissipativeHNN"),
+        systems=(PENDULUMS4, HARMONIC4, VANDERPOL4, HUYGENS2, KURAMOTO8, DOUBLE_PENDULUM),
+        models=ALL_MODELS,
         seeds=(0, 1, 2, 3, 4),
-        n_train=256, n_test=32, steps=5000, lstm_steps=5000, eval_every=500,
+        n_train=(256,), n_test=32, steps=5000, eval_every=500,
         attr_traj=8, attr_horizons=24, ig_steps=32,
     ),
 }
 
 
 def get_preset(name: str) -> Preset:
+    """A preset by name, or a user's own as `package.module:NAME` (a `Preset` object there)."""
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"cannot load preset {name!r}: {e}") from e
+        if not isinstance(obj, Preset):
+            raise ValueError(f"{name!r} is a {type(obj).__name__}, not an experiments.presets.Preset")
+        return obj
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)} "
+                         "or give package.module:NAME")
     return PRESETS[name]
+
+
+def cli(command: type, argv=None, *, default_preset: str = "quick", description: str | None = None):
+    """Parses a command line into `(command_args, preset, overrides)`.
+
+    `command` is a dataclass of the command's own flags (`out`, `figures`,
+    `progress`, ...). `--preset` picks the defaults of every preset field;
+    each field is then a flat flag (`--steps 300 --seeds 0 1 2`). The preset
+    returned carries the overrides; `overrides` lists them (see `Preset.overrides`).
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default=default_preset)
+    known, _ = pre.parse_known_args(argv)
+    base = get_preset(known.preset)  # a bad name fails here, before any work
+
+    # built with real type objects (this module's annotations are strings)
+    args_cls = dataclasses.make_dataclass("Args", [
+        ("cmd", Annotated[command, tyro.conf.OmitArgPrefixes]),
+        ("preset_settings", Annotated[Preset, tyro.conf.OmitArgPrefixes]),
+        ("preset", Annotated[str, tyro.conf.arg(
+            help="tiny, quick, full, or package.module:NAME (a Preset object of your own)")]),
+    ])
+    doc = (description or command.__doc__ or "").strip()
+    doc += f"\n\nPresets: {', '.join(sorted(PRESETS))} (or package.module:NAME); the defaults below are {base.name!r}'s."
+    args = tyro.cli(args_cls, args=argv, description=doc,
+                    default=args_cls(cmd=command(), preset_settings=base, preset=known.preset))
+    try:
+        preset = dataclasses.replace(base, **args.preset_settings.settings())
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    return args.cmd, preset, preset.overrides(base)

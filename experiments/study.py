@@ -1,9 +1,11 @@
-"""The main job: `python -m experiments.study --preset quick`.
+"""The main job: `python -m experiments.study --preset quick [--steps 300 --seeds 0 1 2 ...]`.
 
 Runs the extrapolation study, the attribution study and the figures for a
-preset, writing everything under `--out` (default `results/<preset>/`) and
-the figures under `figures/<preset>/`, then prints the summary table. A rerun
-skips finished runs and resumes interrupted ones.
+preset, writing everything under `--out` (default `results/<preset>/`), the
+figures in `<out>/figures/` unless `--figures` says otherwise, then prints the
+summary table. Every preset field is a flag; the overrides are recorded in
+`config.json` and in each run's hash. A rerun reuses finished runs whose
+configuration is unchanged and resumes interrupted ones.
 """
 
 from __future__ import annotations
@@ -13,55 +15,49 @@ import time
 from pathlib import Path
 
 from ._runtime import setup_jax, write_json_atomic
-from .presets import get_preset
+from .presets import cli
+from .runs import Output
 
 
 @dataclasses.dataclass
 class Args:
-    """Runs the whole study for a preset."""
+    """Runs the whole study for a preset: tiny (tests), quick (a laptop CPU, minutes) or full
+    (one GPU)."""
 
-    preset: str = "quick"
-    """tiny (tests), quick (a laptop CPU, minutes) or full (one GPU)"""
     out: Path | None = None
     """output directory (default results/<preset>/)"""
     figures: Path | None = None
-    """figure directory (default figures/<preset>/)"""
+    """figure directory (default <out>/figures/)"""
     attribution: bool = True
     """also run the attribution study"""
     progress: bool = True
 
 
 def main(argv=None) -> None:
-    import tyro
+    from . import attribution, extrapolation, figures
 
-    from . import extrapolation, figures
-
-    args = tyro.cli(Args, args=argv)
-    preset = get_preset(args.preset)  # a bad name fails here, before any work
+    args, preset, overrides = cli(Args, argv)  # a bad preset or value fails here, before any work
     setup_jax()
-    out = args.out or Path("results") / preset.name
-    fig_dir = args.figures or Path("figures") / preset.name
+    output = Output(args.out or Path("results") / preset.name, args.figures)
     t0 = time.perf_counter()
-    rows = extrapolation.run(preset, out, progress=args.progress)
-    t_extrap = time.perf_counter() - t0
-    timings = {"extrapolation_seconds": t_extrap}
+    rows = extrapolation.run(preset, output, progress=args.progress, overrides=overrides)
+    timings = {"extrapolation_seconds": time.perf_counter() - t0}
     if args.attribution:
+        t1 = time.perf_counter()
         try:
-            from . import attribution
-        except ImportError:  # pragma: no cover - the attribution study is optional
-            attribution = None
-        if attribution is not None:
-            t1 = time.perf_counter()
-            attribution.run(preset, out, progress=args.progress)
-            timings["attribution_seconds"] = time.perf_counter() - t1
+            attribution.run(preset, output, progress=args.progress)
+        except attribution.NothingToAttribute as e:
+            print(f"[attribution] {e}")
+        timings["attribution_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    made = figures.draw_all(out, fig_dir, preset.t_train)
+    made = figures.draw_all(output, preset.t_train)
     timings["figures_seconds"] = time.perf_counter() - t2
     timings["total_seconds"] = time.perf_counter() - t0
-    write_json_atomic(out / "timings.json", timings)
+    write_json_atomic(output.timings, timings)
     print(extrapolation.summary_markdown(rows))
     print(f"figures: {', '.join(str(p) for p in made)}")
-    print(f"wall time {timings['total_seconds']:.1f} s (extrapolation {t_extrap:.1f} s); results in {out}")
+    print(f"wall time {timings['total_seconds']:.1f} s (extrapolation "
+          f"{timings['extrapolation_seconds']:.1f} s); results in {output.root}")
 
 
 if __name__ == "__main__":

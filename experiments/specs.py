@@ -1,0 +1,194 @@
+"""The study's systems and models as objects: `SystemSpec` and `ModelSpec`.
+
+A preset lists these objects; nothing downstream parses a label or switches on a
+name. A user's own system enters the study as a `SystemSpec` holding a factory
+of any `dynamics.AbstractSystem` subclass, and a user's own model as a
+`ModelSpec` holding any `models.AbstractModel` subclass:
+
+```python
+import functools, dynamics, models
+from experiments.specs import ModelSpec, SystemSpec
+
+def my_system():
+    return MyClocks(omega=[1.0, 1.1])           # any dynamics.AbstractSystem
+
+mine = SystemSpec("MyClocks", my_system, oscillator_kind="pendulum")
+gru = ModelSpec(MyGRU, kwargs={"hidden": 32}, preset_kwargs={"width": "width"})
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+import dynamics
+import models
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def jsonable(value):
+    """Plain JSON for hashing: arrays to lists, callables and classes to `module:qualname`."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "__array__"):
+        return np.asarray(value).tolist()
+    if isinstance(value, functools.partial):
+        return {"partial": _qualname(value.func), "args": jsonable(value.args),
+                "kwargs": jsonable(value.keywords)}
+    if callable(value):
+        return _qualname(value)
+    return repr(value)
+
+
+def config_hash(obj) -> str:
+    """A short, stable SHA-256 of a JSON-able description (sorted keys)."""
+    text = json.dumps(jsonable(obj), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemSpec:
+    """A system of the study.
+
+    - `name`: its label in the results (unique within a preset);
+    - `factory`: a zero-argument callable returning any `dynamics.AbstractSystem`
+      (the same system on every call: fix its random parameters);
+    - `oscillator_kind`: the oscillator law the structured model
+      (`models.OscillatorModel(kind=...)`) assumes on this system, or None where
+      the structured model does not apply.
+    """
+
+    name: str
+    factory: Callable[[], dynamics.AbstractSystem]
+    oscillator_kind: str | None = None
+
+    def __post_init__(self):
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"SystemSpec.name must be a non-empty string, got {self.name!r}")
+        if not callable(self.factory):
+            raise ValueError(f"SystemSpec {self.name!r}: factory must be callable, got {self.factory!r}")
+
+    def build(self) -> dynamics.AbstractSystem:
+        system = self.factory()
+        if not isinstance(system, dynamics.AbstractSystem):
+            raise ValueError(
+                f"SystemSpec {self.name!r}: factory returned {type(system).__name__}, "
+                "not a dynamics.AbstractSystem"
+            )
+        return system
+
+    def describe(self, system: dynamics.AbstractSystem | None = None) -> dict:
+        """What determines the system: its class and its parameters (for the run hash)."""
+        system = self.build() if system is None else system
+        try:
+            params = system.parameters()
+        except (TypeError, ValueError):  # a field that is not an array (a callable)
+            params = {f.name: getattr(system, f.name) for f in dataclasses.fields(system)}
+        return {"name": self.name, "class": _qualname(type(system)), "params": jsonable(params),
+                "oscillator_kind": self.oscillator_kind}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A model of the study.
+
+    - `cls`: any `models.AbstractModel` subclass, built as
+      `cls(state_dim, **kwargs, rngs=rngs)`;
+    - `kwargs`: fixed constructor keyword arguments;
+    - `preset_kwargs`: constructor keyword -> preset field, resolved at build
+      time (so `--width 128` on the command line reaches every model that
+      takes its width from the preset);
+    - `label`: the name in the results (default: the class name);
+    - `train`: training overrides of the preset's settings for this model
+      (`steps`, `lr`, `batch_size`, `eval_every`).
+
+    `applicable(system)` returns None, or the reason this model cannot be
+    fitted to `system`; such runs are recorded as `n/a` with that reason.
+    """
+
+    cls: type
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    preset_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    label: str | None = None
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    _TRAIN_KEYS = ("steps", "lr", "batch_size", "eval_every")
+
+    def __post_init__(self):
+        if not (isinstance(self.cls, type) and issubclass(self.cls, models.AbstractModel)):
+            raise ValueError(f"ModelSpec.cls must be a models.AbstractModel subclass, got {self.cls!r}")
+        bad = set(self.train) - set(self._TRAIN_KEYS)
+        if bad:
+            raise ValueError(f"ModelSpec {self.cls.__name__}: unknown training overrides {sorted(bad)}; "
+                             f"allowed: {self._TRAIN_KEYS}")
+
+    def label_for(self, system: dynamics.AbstractSystem) -> str:
+        """The label of this model on `system` (unique among a preset's models on it)."""
+        return self.label or self.cls.__name__
+
+    def applicable(self, system: dynamics.AbstractSystem, spec: SystemSpec) -> str | None:
+        if getattr(self.cls, "needs_canonical", False) and not system.second_order:
+            return (f"{self.cls.__name__} needs a canonical (q, p) state; "
+                    f"{type(system).__name__} is first order")
+        return None
+
+    def constructor_kwargs(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset) -> dict:
+        out = {k: getattr(preset, f) for k, f in self.preset_kwargs.items()}
+        out.update(self.kwargs)
+        return out
+
+    def build(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset, *, rngs):
+        return self.cls(system.state_dim, **self.constructor_kwargs(system, spec, preset), rngs=rngs)
+
+    def describe(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset) -> dict:
+        return {"class": _qualname(self.cls), "label": self.label_for(system),
+                "kwargs": jsonable(self.constructor_kwargs(system, spec, preset)),
+                "train": jsonable(dict(self.train))}
+
+
+@dataclasses.dataclass(frozen=True)
+class OscillatorSpec(ModelSpec):
+    """The structured model `OscillatorModel(k=K)`: `k` counts oscillators (never a beam or
+    other extra coordinate); `k="n"` means the system's `n_oscillators`. A fixed `k` applies
+    only where it is below the system's `n` (at `k >= n` it would duplicate `k="n"`), and
+    only on systems whose `SystemSpec.oscillator_kind` is set."""
+
+    cls: type = models.OscillatorModel
+    k: int | str = "n"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.k != "n" and not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"OscillatorSpec.k must be a positive integer or 'n', got {self.k!r}")
+
+    def resolved_k(self, system) -> int:
+        return system.n_oscillators if self.k == "n" else int(self.k)
+
+    def label_for(self, system) -> str:
+        return self.label or f"OscillatorModel(k={self.resolved_k(system)})"
+
+    def applicable(self, system, spec: SystemSpec) -> str | None:
+        if spec.oscillator_kind is None:
+            return f"no oscillator law is declared for {spec.name} (SystemSpec.oscillator_kind)"
+        if self.k != "n" and self.k >= system.n_oscillators:
+            return (f"k={self.k} is not fewer than the {system.n_oscillators} oscillators of "
+                    f"{spec.name}; OscillatorModel(k=n) is that model")
+        return super().applicable(system, spec)
+
+    def constructor_kwargs(self, system, spec: SystemSpec, preset) -> dict:
+        return {"k": self.resolved_k(system), "kind": spec.oscillator_kind,
+                **super().constructor_kwargs(system, spec, preset)}
