@@ -122,8 +122,9 @@ class AbstractSystem(eqx.Module):
 
     def observables(self, y: Float[Array, "*batch state_dim"]) -> dict[str, Array]:
         """The physical scalars of states `(..., state_dim)`, each of shape `(...)`, by name:
-        `"energy"` where the system has one."""
-        return {"energy": self.energy(y)} if self.has_energy else {}
+        `"energy"` where the system has one (`has_energy` and an `energy` of its own)."""
+        has = self.has_energy and type(self).energy is not AbstractSystem.energy
+        return {"energy": self.energy(y)} if has else {}
 
     def to_canonical(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch state_dim"]:
         """`(q, q') -> (q, p)` with `p = dL/dq'`; the identity for unit masses."""

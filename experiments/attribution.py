@@ -180,7 +180,10 @@ def run(preset: Preset, output: Output, *, progress: bool = True) -> list[dict]:
                     except (ValueError, RuntimeError) as e:
                         r = [{"method": "-", "split": "-", "reason": f"{type(e).__name__}: {e}"}]
                     rec["rows"] = r
-                    rec["probes"] = probe_model(model, ds, preset, output.run_file(key, "probes.npz"))
+                    try:
+                        rec["probes"] = probe_model(model, ds, preset, output.run_file(key, "probes.npz"))
+                    except ValueError as e:  # a step that cannot run at these sizes
+                        rec["probes"] = [{"quantity": "-", "split": "-", "reason": f"probes skipped: {e}"}]
                     write_json_atomic(done, rec)
                 meta = {"system": rec["system"], "model": rec["model"], "n_train": n_train}
                 rows += [{**meta, **r} for r in rec["rows"]]
@@ -250,7 +253,7 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
         for r in report:
             rows.append({"quantity": r["quantity"], "split": split, "r2": float(r["r2"]),
                          "control_r2": float(r["control_r2"])})
-    k = min(8, h_in.shape[-1])
+    k = min(8, h_in.shape[-1] - 1)
     dep = P.manifold_departure(h_in, h_out, n_components=k, key=0)
     dis = P.dissect(h_in, P.physical_concepts(system, y_in), quantile="matched")
     pca = P.pca_fit(h_in, n_components=2)

@@ -176,7 +176,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
         systems=(SystemSpec("CoupledPendulums",
-                            functools.partial(coupled, dynamics.CoupledPendulums, n=2),
+                            functools.partial(coupled, dynamics.CoupledPendulums, n=3),
                             oscillator_kind="pendulum"),),
         models=(OSCILLATORS_N, LSTM),
         seeds=(0,), n_train=(8,), n_val=2, n_test=4, t_train=5.0, t_end=10.0, dt=0.1, context=10,

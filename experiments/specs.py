@@ -179,11 +179,19 @@ class OscillatorSpec(ModelSpec):
         return system.n_oscillators if self.k == "n" else int(self.k)
 
     def label_for(self, system) -> str:
-        return self.label or f"OscillatorModel(k={self.resolved_k(system)})"
+        """`OscillatorModel(k=K)`; where a fixed `k` is not below the system's `n` (the run is
+        n/a, the same model as `k="n"`), `OscillatorModel(k=K >= n)`, so no label repeats."""
+        if self.label:
+            return self.label
+        k = self.resolved_k(system)
+        return f"OscillatorModel(k={k}{' >= n' if self.k != 'n' and k >= system.n_oscillators else ''})"
 
     def applicable(self, system, spec: SystemSpec) -> str | None:
         if spec.oscillator_kind is None:
             return f"no oscillator law is declared for {spec.name} (SystemSpec.oscillator_kind)"
+        if system.state_dim % 2:
+            return (f"OscillatorModel observes (q, p) pairs; {spec.name} has an odd state of "
+                    f"{system.state_dim} coordinates")
         if self.k != "n" and self.k >= system.n_oscillators:
             return (f"k={self.k} is not fewer than the {system.n_oscillators} oscillators of "
                     f"{spec.name}; OscillatorModel(k=n) is that model")

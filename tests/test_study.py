@@ -1,31 +1,26 @@
-"""The study's commands: resumable after SIGKILL, failures recorded, bad config refused early."""
+"""The study's commands: runs keyed by their configuration, presets overridable from the command
+line, a user's own system and preset, resumable after SIGKILL, failures recorded, bad
+configuration refused early, nothing written outside `--out`."""
 
 import csv
 import dataclasses
-import os
+import functools
+import json
 import signal
 import subprocess
-import sys
+import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, SUBPROCESS_TIMEOUT, ClocksOnAShelf, study_command, subprocess_env
 
-from experiments import extrapolation
-from experiments.presets import PRESETS, get_preset, parse_model_label
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(cache):
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)
-    return env
-
-
-def _cmd(out):
-    return [sys.executable, "-m", "experiments.extrapolation", "--preset", "tiny", "--out", str(out)]
+import dynamics
+import models
+from experiments import attribution, extrapolation
+from experiments.presets import LSTM, OSCILLATORS_N, PRESETS, Preset, cli, get_preset
+from experiments.runs import Output, RunKey
+from experiments.specs import ModelSpec, OscillatorSpec, SystemSpec
 
 
 def _metrics(out):
@@ -36,10 +31,16 @@ def _metrics(out):
     return rows
 
 
+def _tiny(**changes) -> Preset:
+    return dataclasses.replace(PRESETS["tiny"], **changes)
+
+
+# --------------------------------------------------------------------------- configuration
 def test_bad_preset_fails_before_any_work(tmp_path):
     out = tmp_path / "bad"
-    p = subprocess.run([sys.executable, "-m", "experiments.study", "--preset", "nope", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120, env=_env(tmp_path / "c"))
+    p = subprocess.run(study_command("study", "--preset", "nope", "--out", str(out)), cwd=ROOT,
+                       capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+                       env=subprocess_env(tmp_path / "c"))
     assert p.returncode != 0
     assert "unknown preset 'nope'" in p.stderr
     assert not out.exists()
@@ -47,26 +48,199 @@ def test_bad_preset_fails_before_any_work(tmp_path):
 
 def test_bad_config_values_are_refused():
     with pytest.raises(ValueError, match="steps"):
-        dataclasses.replace(PRESETS["tiny"], steps=0)
-    with pytest.raises(ValueError, match="unknown model"):
-        dataclasses.replace(PRESETS["tiny"], models=("Transformer",))
+        _tiny(steps=0)
+    with pytest.raises(ValueError, match="ModelSpec"):
+        _tiny(models=("LSTM",))
     with pytest.raises(ValueError, match="context"):
-        dataclasses.replace(PRESETS["tiny"], context=1000)
+        _tiny(context=1000)
+    with pytest.raises(ValueError, match="n_train"):
+        _tiny(n_train=(4, 4))
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge")
-    assert parse_model_label("OscillatorModel(k=3)") == ("OscillatorModel", 3)
+    with pytest.raises(ValueError, match="cannot load preset"):
+        get_preset("no_such_module:PRESET")
+    with pytest.raises(ValueError, match="not an experiments.presets.Preset"):
+        get_preset("experiments.presets:LSTM")
+    with pytest.raises(ValueError, match="AbstractModel"):
+        ModelSpec(int)
+    with pytest.raises(ValueError, match="training overrides"):
+        ModelSpec(models.LSTM, train={"nonsense": 1})
+    with pytest.raises(ValueError, match="positive integer"):
+        OscillatorSpec(k=0)
+
+
+def test_labels_are_unique_per_system_and_k_counts_oscillators_not_the_beam():
+    """The full preset's models resolve to distinct labels on every system; the structured model
+    on Huygens' clocks has k = 2 (the clocks), and k=2 does not run twice where n = 2."""
+    full = PRESETS["full"]
+    extrapolation.check_labels(full)
+    for spec in full.systems:
+        system = spec.build()
+        labels = [m.label_for(system) for m in full.models if m.applicable(system, spec) is None]
+        assert len(labels) == len(set(labels)), (spec.name, labels)
+        if spec.name in ("HuygensClocks", "DoublePendulum"):
+            assert "OscillatorModel(k=2)" in labels and "OscillatorModel(k=3)" not in labels
+            reasons = [m.applicable(system, spec) for m in full.models if isinstance(m, OscillatorSpec)]
+            assert reasons[0] is None and "not fewer than" in reasons[1]
+    clocks = dynamics.HuygensClocks(omega=[1.0, 1.01])
+    built = OSCILLATORS_N.build(clocks, full.systems[3], full, rngs=__import__("flax").nnx.Rngs(0))
+    assert built.k == 2 and built.coupling().shape == (2, 2)
+    twice = dataclasses.replace(full, models=(LSTM, ModelSpec(models.NeuralODE, label="LSTM")))
+    with pytest.raises(ValueError, match="appear twice"):
+        extrapolation.check_labels(twice)
+
+
+def test_every_preset_field_is_a_flag_and_overrides_are_recorded(capsys):
+    @dataclasses.dataclass
+    class Args:
+        """A command."""
+
+        progress: bool = True
+
+    args, preset, overrides = cli(Args, ["--preset", "tiny", "--steps", "7", "--seeds", "0", "1",
+                                         "--n-train", "1", "3", "--lr", "0.01", "--no-progress"])
+    assert (preset.steps, preset.seeds, preset.n_train, preset.lr) == (7, (0, 1), (1, 3), 0.01)
+    assert preset.systems == PRESETS["tiny"].systems and preset.name == "tiny"
+    assert overrides == {"steps": 7, "seeds": (0, 1), "n_train": (1, 3), "lr": 0.01}
+    assert args.progress is False
+    _, same, none = cli(Args, ["--preset", "tiny"])
+    assert same == PRESETS["tiny"] and none == {}
+    with pytest.raises(SystemExit) as exc:
+        cli(Args, ["--preset", "tiny", "--steps", "0"])
+    assert exc.value.code != 0
+    assert "steps must be an integer >= 1, got 0" in " ".join(capsys.readouterr().err.split())
+
+
+def test_help_lists_presets_and_fields_with_their_defaults(tmp_path):
+    p = subprocess.run(study_command("study", "--preset", "tiny", "--help"), cwd=ROOT, capture_output=True,
+                       text=True, timeout=SUBPROCESS_TIMEOUT, env=subprocess_env(tmp_path / "c"))
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())
+    for name in ("tiny", "quick", "full"):
+        assert name in text
+    fields = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "systems", "models")]
+    for f in fields:
+        assert f"--{f.replace('_', '-')}" in text, f
+    assert "(default: 60)" in text  # tiny's steps
+
+
+# --------------------------------------------------------------------------- runs and their keys
+def test_rerun_reuses_only_an_unchanged_configuration(tmp_path, capsys):
+    out = Output(tmp_path)
+    preset = _tiny(models=(OSCILLATORS_N,), steps=20, eval_every=10)
+    (row,) = extrapolation.run(preset, out, progress=False)
+    key, _ = RunKey.of(preset.systems[0], preset.systems[0].build(), OSCILLATORS_N, preset, seed=0, n_train=8)
+    result = out.run_file(key, "result.json")
+    data = out.data(preset.systems[0].name, seed=0, n_train=8)
+    stamps = result.stat().st_mtime_ns, data.stat().st_mtime_ns
+    again = extrapolation.run(preset, out, progress=False)
+    assert (result.stat().st_mtime_ns, data.stat().st_mtime_ns) == stamps, "an unchanged run was recomputed"
+    assert json.dumps(again, sort_keys=True) == json.dumps([row], sort_keys=True)
+
+    changed = dataclasses.replace(preset, steps=30)
+    capsys.readouterr()
+    (row2,) = extrapolation.run(changed, out, progress=False)
+    log = capsys.readouterr().out
+    assert "recomputing" in log and "steps 20 -> 30" in log
+    assert row2["config_hash"] != row["config_hash"]
+    assert json.loads(result.read_text())["config_hash"] == row2["config_hash"]
+    assert data.stat().st_mtime_ns == stamps[1], "the data did not change and must not be rebuilt"
+
+    # a data field changes the dataset too, which is rebuilt (its metadata carry its config)
+    (row3,) = extrapolation.run(dataclasses.replace(changed, n_val=3), out, progress=False)
+    assert "rebuilding" in capsys.readouterr().out
+    ds = dynamics.Dataset.load(data)
+    assert ds.val.shape[0] == 3 and ds.metadata["study_config"]["n_val"] == 3
+    assert row3["config_hash"] not in (row["config_hash"], row2["config_hash"])
+
+
+def test_a_stale_checkpoint_of_another_configuration_is_not_resumed(tmp_path, capsys):
+    out = Output(tmp_path)
+    preset = _tiny(models=(OSCILLATORS_N,), steps=20, eval_every=10)
+    spec = preset.systems[0]
+    key, _ = RunKey.of(spec, spec.build(), OSCILLATORS_N, dataclasses.replace(preset, steps=40),
+                       seed=0, n_train=8)
+    # an interrupted run of steps=40 left its config and a checkpoint behind
+    (out.run_file(key, "checkpoint") / "junk").mkdir(parents=True)
+    out.run_file(key, "config.json").write_text(json.dumps({"config_hash": key.config_hash}))
+    (row,) = extrapolation.run(preset, out, progress=False)
+    assert row["status"] == "ok"
+    assert "interrupted run of another configuration" in capsys.readouterr().out
+    assert not (out.run_file(key, "checkpoint") / "junk").exists()
+
+
+def test_a_users_own_system_model_and_preset_run_through_the_study(tmp_path, monkeypatch):
+    """A system subclass with a non-plain layout, defined outside the package, and a preset in
+    the user's own module, loaded with `--preset module:NAME`."""
+    (tmp_path / "my_study.py").write_text(textwrap.dedent("""
+        import functools
+        import models
+        from experiments.presets import Preset, LSTM
+        from experiments.specs import ModelSpec, OscillatorSpec, SystemSpec
+        from helpers import ClocksOnAShelf
+
+        SHELF = SystemSpec("ShelfClocks", functools.partial(ClocksOnAShelf, omega=[1.0, 1.2, 0.9]),
+                           oscillator_kind="harmonic")
+        MINE = Preset(name="mine", systems=(SHELF,),
+                      models=(ModelSpec(models.NeuralODE, kwargs={"width": 8, "depth": 1}, label="MyODE"),
+                              OscillatorSpec(k=2)),
+                      seeds=(0,), n_train=(4,), n_val=2, n_test=3, t_train=2.0, t_end=4.0, dt=0.1,
+                      context=5, steps=20, eval_every=10, batch_size=4, window=5)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    preset = get_preset("my_study:MINE")
+    out = Output(tmp_path / "out")
+    rows = extrapolation.run(preset, out, progress=False)
+    assert [(r["model"], r["status"]) for r in rows] == [("MyODE", "ok"), ("OscillatorModel(k=2)", "n/a")]
+    assert np.isfinite(rows[0]["interp_nmse"]) and "odd state of 7" in rows[1]["reason"]
+    # its dataset reloads with the user's class (module:qualname in the metadata)
+    ds = dynamics.Dataset.load(out.data("ShelfClocks", seed=0, n_train=4))
+    assert type(ds.system).__name__ == "ClocksOnAShelf" and ds.state_dim == 7
+    # attribution and probes read the declared layout: the shelf belongs to no oscillator
+    rows = attribution.run(dataclasses.replace(preset, attr_traj=1, attr_horizons=3, ig_steps=2), out,
+                           progress=False)
+    assert {r["method"] for r in rows} >= {"saliency", "true_jacobian"}
+    assert all(r.get("reason", "") in ("", None) for r in rows)
+    inside = [float(r["coupling_auroc"]) for r in rows if r["method"] == "true_jacobian" and r["split"] == "inside"]
+    assert inside and np.isfinite(inside[0])
+
+
+def test_attribution_on_an_empty_directory_trains_what_it_needs_or_fails_loudly(tmp_path):
+    out = tmp_path / "fresh"
+    p = subprocess.run(study_command("attribution", "--preset", "tiny", "--out", str(out), "--steps", "20",
+                                     "--no-progress"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+                       env=subprocess_env(tmp_path / "c"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    with open(out / "attribution.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"OscillatorModel(k=3)", "LSTM"}
+    assert (out / "figures" / "coupling_recovery.png").exists()
+    # nothing applicable: a named error, no table
+    kuramoto = SystemSpec("Kuramoto", functools.partial(dynamics.Kuramoto, omega=[0.1, 0.2],
+                                                        coupling=[[0.0, 0.1], [0.1, 0.0]]))
+    none = _tiny(systems=(kuramoto,), models=(ModelSpec(models.HNN),))
+    with pytest.raises(attribution.NothingToAttribute, match="n/a or failed"):
+        attribution.run(none, Output(tmp_path / "none"), progress=False)
+    assert not (tmp_path / "none" / "attribution.csv").exists()
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     cache = tmp_path / "cache"
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(ref), cwd=ROOT, env=_env(cache), check=True, capture_output=True, timeout=900)
+    cmd = functools.partial(study_command, "extrapolation", "--preset", "tiny", "--no-progress", "--out")
+    subprocess.run(cmd(str(ref)), cwd=ROOT, env=subprocess_env(cache), check=True, capture_output=True,
+                   timeout=SUBPROCESS_TIMEOUT)
 
-    proc = subprocess.Popen(_cmd(out), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL,
+    preset = PRESETS["tiny"]
+    spec, system = preset.systems[0], preset.systems[0].build()
+    first_key, _ = RunKey.of(spec, system, preset.models[0], preset, seed=0, n_train=8)
+    lstm_key, _ = RunKey.of(spec, system, preset.models[1], preset, seed=0, n_train=8)
+    proc = subprocess.Popen(cmd(str(out)), cwd=ROOT, env=subprocess_env(cache), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     # wait until the first run is finished and the second one has saved a checkpoint mid-training
-    deadline = time.time() + 600
-    lstm_ckpt = out / "runs" / "CoupledPendulums_n2" / "LSTM" / "seed0" / "checkpoint" / "state"
+    lstm_ckpt = Output(out).run_file(lstm_key, "checkpoint") / "state"
+    deadline = time.time() + SUBPROCESS_TIMEOUT
     while time.time() < deadline and proc.poll() is None:
         if lstm_ckpt.exists() and any(p.name.isdigit() for p in lstm_ckpt.iterdir()):
             break
@@ -75,11 +249,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.csv").exists()
-    first = out / "runs" / "CoupledPendulums_n2" / "OscillatorModel_k=2" / "seed0" / "result.json"
+    first = Output(out).run_file(first_key, "result.json")
     assert first.exists()
     stamp = first.stat().st_mtime_ns
 
-    subprocess.run(_cmd(out), cwd=ROOT, env=_env(cache), check=True, capture_output=True, timeout=900)
+    subprocess.run(cmd(str(out)), cwd=ROOT, env=subprocess_env(cache), check=True, capture_output=True,
+                   timeout=SUBPROCESS_TIMEOUT)
     assert first.stat().st_mtime_ns == stamp, "a finished run was recomputed"
     a, b = _metrics(ref), _metrics(out)
     assert [r["model"] for r in a] == [r["model"] for r in b]
@@ -89,46 +264,53 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
 
 
 def test_diverging_model_is_recorded_and_the_study_goes_on(tmp_path):
-    preset = dataclasses.replace(PRESETS["tiny"], name="diverge", lr=1e12,
-                                 models=("OscillatorModel(k=2)",), steps=40, eval_every=20)
-    rows = extrapolation.run(preset, tmp_path, progress=False)
+    preset = _tiny(name="diverge", lr=1e12, models=(OSCILLATORS_N,), steps=40, eval_every=20)
+    out = Output(tmp_path)
+    rows = extrapolation.run(preset, out, progress=False)
     assert rows[0]["status"] == "failed" and "diverged" in rows[0]["reason"]
-    assert (tmp_path / "metrics.csv").exists()
+    assert out.metrics.exists()
     # the failure is a finished result: a rerun does not train again
-    (result,) = tmp_path.glob("runs/*/*/seed0/result.json")
+    (result,) = out.results()
     stamp = result.stat().st_mtime_ns
-    again = extrapolation.run(preset, tmp_path, progress=False)
+    again = extrapolation.run(preset, out, progress=False)
     assert result.stat().st_mtime_ns == stamp
     assert [(r["status"], r["reason"]) for r in again] == [(r["status"], r["reason"]) for r in rows]
 
 
-def test_whole_study_writes_attribution_and_probes(tmp_path):
-    """`experiments.study` end to end on the tiny preset: extrapolation, attribution, probes, figures."""
-    out, figs = tmp_path / "out", tmp_path / "figs"
-    subprocess.run([sys.executable, "-m", "experiments.study", "--preset", "tiny", "--out", str(out),
-                    "--figures", str(figs), "--no-progress"], cwd=ROOT, env=_env(tmp_path / "cache"),
-                   check=True, capture_output=True, timeout=900)
+# --------------------------------------------------------------------------- end to end
+def test_whole_study_writes_attribution_and_probes_under_out(tmp_path):
+    """`experiments.study` end to end on the tiny preset: extrapolation, attribution, probes,
+    figures, all under `--out` (figures in `<out>/figures/`); nothing in the repository's
+    `figures/` changes."""
+    readme_figures = {p: p.stat().st_mtime_ns for p in (ROOT / "figures").rglob("*.png")}
+    out = tmp_path / "out"
+    subprocess.run(study_command("study", "--preset", "tiny", "--out", str(out), "--no-progress"),
+                   cwd=ROOT, env=subprocess_env(tmp_path / "cache"), check=True, capture_output=True,
+                   timeout=SUBPROCESS_TIMEOUT)
+    assert {p: p.stat().st_mtime_ns for p in (ROOT / "figures").rglob("*.png")} == readme_figures
+    figs = out / "figures"
     with open(out / "attribution.csv") as f:
         attr = list(csv.DictReader(f))
-    for col in ("system", "model", "method", "split", "coupling_auroc", "jacobian_spearman"):
+    for col in ("system", "model", "n_train", "method", "split", "coupling_auroc", "jacobian_spearman"):
         assert col in attr[0]
     assert {r["split"] for r in attr} == {"inside", "beyond"}
     # every model is scored with every method, beside the simulator's own ceiling; the structured
-    # model's learned coupling is scored too (two pendulums: one edge, no non-edge, so AUROC is NaN)
+    # model's learned coupling is scored too (a chain of three: the pair (1, 3) is a non-edge)
     methods = {(r["model"], r["method"]) for r in attr}
-    for model in ("OscillatorModel(k=2)", "LSTM"):
+    for model in ("OscillatorModel(k=3)", "LSTM"):
         for method in ("saliency", "gradient_x_input", "integrated_gradients", "true_jacobian"):
             assert (model, method) in methods
-    assert ("OscillatorModel(k=2)", "learned_coupling") in methods
+    learned = [float(r["coupling_auroc"]) for r in attr if r["method"] == "learned_coupling"]
+    assert learned and learned[0] == 1.0
     with open(out / "probes.csv") as f:
         probes = list(csv.DictReader(f))
     assert {"model", "quantity", "r2", "control_r2"} <= set(probes[0])
     assert any(r["quantity"] == "energy" for r in probes)
     for name in ("motivating_CoupledPendulums.png", "coupling_recovery.png", "probes.png", "interp_vs_extrap.png"):
         assert (figs / name).stat().st_size > 1000
-    # figures are redrawn from stored results alone
+    # figures are redrawn from stored results alone, where --figures says
     redrawn = tmp_path / "redrawn"
-    subprocess.run([sys.executable, "-m", "experiments.figures", "--preset", "tiny", "--out", str(out),
-                    "--figures", str(redrawn)], cwd=ROOT, env=_env(tmp_path / "cache"), check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(study_command("figures", "--preset", "tiny", "--out", str(out), "--figures", str(redrawn)),
+                   cwd=ROOT, env=subprocess_env(tmp_path / "cache"), check=True, capture_output=True,
+                   timeout=SUBPROCESS_TIMEOUT)
     assert (redrawn / "motivating_CoupledPendulums.png").exists()
