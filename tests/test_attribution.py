@@ -581,8 +581,16 @@ def test_oscillator_scores_layouts():
     np.testing.assert_allclose(s[0, 1], ab[0, 1] + ab[0, 3] + ab[2, 1] + ab[2, 3])
     np.testing.assert_allclose(attr.oscillator_scores(a, 4), ab)  # first order: D = n
     np.testing.assert_allclose(attr.oscillator_scores(a, 2, state_layout=[[0, 2], [1, 3]]), s)
-    h = attr.oscillator_scores(np.ones((6, 6)), 2)  # huygens: (theta1, theta2, x, w1, w2, v)
+    # Huygens' clocks (theta1, theta2, x, w1, w2, v): the layout comes from the system
+    clocks = dynamics.HuygensClocks(jnp.array([1.0, 1.2]))
+    h = attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=clocks)
     np.testing.assert_allclose(h, 4.0)
+    np.testing.assert_allclose(attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=[[0, 3], [1, 4]]), h)
+    # ... and is never guessed from D = 2n + 2
+    with pytest.raises(ValueError, match="oscillator_groups"):
+        attr.oscillator_scores(np.ones((6, 6)), 2)
+    with pytest.raises(ValueError, match="state_layout"):
+        attr.oscillator_scores(a, 2, state_layout="huygens")
 
 
 # --------------------------------------------------------------------------- #

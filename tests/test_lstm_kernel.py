@@ -131,17 +131,17 @@ def _model(layers):
 
 def _reference_loss(lstm, windows):
     """`LSTM.loss` as it was written before the batched pass: vmapped over windows."""
-    zs = lstm._norm(windows)
+    zs = lstm.normalise(windows)
 
     def one(z):
-        _, pred, _ = lstm._run(z[:-1], lstm._zeros())
+        _, pred, _ = lstm.run(z[:-1], lstm.init_state())
         tf = jnp.mean((pred - z[1:]) ** 2)
         w = min(lstm.warmup, z.shape[0] - 2)
         r = min(lstm.rollout, z.shape[0] - 1 - w)
         if r < 1:
             return tf
-        _, pw, st = lstm._run(z[:w], lstm._zeros())
-        free, _ = lstm._free_run(pw[-1], st, r)
+        _, pw, st = lstm.run(z[:w], lstm.init_state())
+        free, _ = lstm.free_run(pw[-1], st, r)
         return tf + jnp.mean((free - z[w : w + r]) ** 2)
 
     return jnp.mean(jax.vmap(one)(zs))

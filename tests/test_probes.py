@@ -11,6 +11,7 @@ from flax import nnx
 import dynamics
 from models import LSTM
 from models import probes as P
+from models.probes._ridge import _ridge_predict_all  # unit test of the solver itself
 
 
 # --------------------------------------------------------------------------- probes
@@ -55,7 +56,7 @@ def test_probe_matches_closed_form_ridge():
     mu, sd = xtr.mean(0), xtr.std(0)
     a, b = (xtr - mu) / sd, (xte - mu) / sd
     w = np.linalg.solve(a.T @ a + 50 * lam * np.eye(6), a.T @ (ytr - ytr.mean()))
-    got = P._ridge_predict_all(xtr, ytr, xte, [lam])[0]
+    got = _ridge_predict_all(xtr, ytr, xte, [lam])[0]
     np.testing.assert_allclose(got, b @ w + ytr.mean(), rtol=1e-10, atol=1e-12)
 
 
