@@ -7,7 +7,8 @@ Probes
     `probe_report` (the same probe on the hidden states of a randomly
     initialised network of the same architecture, fed the same inputs:
     `random_features_control`), and the physical targets of a system,
-    `physical_targets`.
+    `physical_targets`, read through the layout the system declares
+    (`split_state`, `natural_frequencies`, `angular`, `observables`).
 Dissection
     `dissect` (network dissection, Bau et al. 2017: each unit's top-quantile
     activation mask against binary concepts, scored by IoU) and the physical
