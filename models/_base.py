@@ -36,8 +36,8 @@ class AbstractModel(nnx.Module):
     def prepare(self, dataset) -> None:
         self.dt = float(dataset.dt)
         mean, std = data_stats(dataset.train)
-        self.mean.value = jnp.asarray(mean, self.mean.value.dtype)
-        self.std.value = jnp.asarray(std, self.std.value.dtype)
+        self.mean.set_value(jnp.asarray(mean, self.mean[...].dtype))
+        self.std.set_value(jnp.asarray(std, self.std[...].dtype))
 
     def window_length(self, n_train_steps: int) -> int:
         return min(n_train_steps, 10)
@@ -60,7 +60,7 @@ class AbstractModel(nnx.Module):
         return context
 
     def _normalised_mse(self, pred, target):
-        return jnp.mean(((pred - target) / self.std.value) ** 2)
+        return jnp.mean(((pred - target) / self.std[...]) ** 2)
 
 
 class ODEModel(AbstractModel):
@@ -104,7 +104,7 @@ class ODEModel(AbstractModel):
         if self.objective == "derivative":
             dy = (windows[:, 2] - windows[:, 0]) / (2 * self.dt)
             pred = jax.vmap(self.field)(windows[:, 1])
-            return jnp.mean(((pred - dy) / self.std.value) ** 2)
+            return jnp.mean(((pred - dy) / self.std[...]) ** 2)
         w = windows.shape[1]
         pred = jax.vmap(lambda y0: self.rollout(y0, w - 1))(windows[:, 0])
         return self._normalised_mse(pred, windows[:, 1:])

@@ -31,7 +31,7 @@ class HNN(ODEModel):
 
     def hamiltonian(self, y):
         """The learned energy `H(y)` of one state."""
-        return self.net((y - self.mean.value) / self.std.value)[0]
+        return self.net((y - self.mean[...]) / self.std[...])[0]
 
     def field(self, y):
         dh = jax.grad(self.hamiltonian)(y)
@@ -58,10 +58,10 @@ class DissipativeHNN(ODEModel):
         self.d_net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
 
     def hamiltonian(self, y):
-        return self.h_net((y - self.mean.value) / self.std.value)[0]
+        return self.h_net((y - self.mean[...]) / self.std[...])[0]
 
     def dissipation(self, y):
-        return self.d_net((y - self.mean.value) / self.std.value)[0]
+        return self.d_net((y - self.mean[...]) / self.std[...])[0]
 
     def field(self, y):
         dh = jax.grad(self.hamiltonian)(y)

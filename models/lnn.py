@@ -73,7 +73,7 @@ class LNN(ODEModel):
 
     def lagrangian(self, q, qdot):
         y = jnp.concatenate([q, qdot])
-        return self.net((y - self.mean.value) / self.std.value)[0]
+        return self.net((y - self.mean[...]) / self.std[...])[0]
 
     def accelerations(self, q, qdot):
         hess = jax.hessian(self.lagrangian, argnums=1)(q, qdot)

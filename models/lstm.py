@@ -9,22 +9,14 @@ from jaxtyping import Array, Float
 
 from ._base import AbstractModel
 from ._common import check_state_dim
+from ._lstm_kernel import cell_update, gates
 from ._lstm_kernel import lstm_layer as _fast_lstm_layer
-
-
-def _gates(z, c, hdim):
-    i = jax.nn.sigmoid(z[..., :hdim])
-    f = jax.nn.sigmoid(z[..., hdim : 2 * hdim])
-    g = jnp.tanh(z[..., 2 * hdim : 3 * hdim])
-    o = jax.nn.sigmoid(z[..., 3 * hdim :])
-    c = f * c + i * g
-    return o * jnp.tanh(c), c
 
 
 def _lstm_step(w_x, w_h, b, x, h, c):
     """One LSTM step; gate order (i, f, g, o):
     `i, f, o = sigmoid(.)`, `g = tanh(.)`, `c_t = f c_{t-1} + i g`, `h_t = o tanh(c_t)`."""
-    return _gates(x @ w_x + b + h @ w_h, c, w_h.shape[0])
+    return cell_update(gates(x @ w_x + b + h @ w_h), c)
 
 
 def _lstm_layer(w_x, w_h, b, xs, h0, c0):
@@ -35,11 +27,10 @@ def _lstm_layer(w_x, w_h, b, xs, h0, c0):
     outside the recurrence; only `h @ w_h` stays in the scan.
     """
     pre = xs @ w_x + b
-    hdim = w_h.shape[0]
 
     def step(carry, z):
         h, c = carry
-        h, c = _gates(z + h @ w_h, c, hdim)
+        h, c = cell_update(gates(z + h @ w_h), c)
         return (h, c), h
 
     (h, c), hs = jax.lax.scan(step, (h0, c0), pre)
@@ -59,6 +50,10 @@ class LSTM(AbstractModel):
       time-major scan over the batch).
     - `forecast(context, n_steps)` warms up on the context, then feeds its own
       predictions back.
+    - The pieces, for analysis code (`models.probes`, `models.attribution`):
+      `normalise` / `denormalise`, `init_state`, `run` (teacher-forced over a
+      sequence), `cell` (one step of the stack) and `free_run` (predictions fed
+      back), all in normalised units; `lrp_params` for `attribution.lstm_lrp`.
 
     Objective, on windows of `warmup + rollout + 1` states cut from the
     training trajectories: teacher forcing (next-step mean squared error over
@@ -90,63 +85,81 @@ class LSTM(AbstractModel):
         self.b_out = nnx.Param(jnp.zeros(state_dim))
 
     # ----------------------------------------------------------------- core
-    def _zeros(self, batch_shape=()):
-        z = jnp.zeros((*batch_shape, self.hidden), self.w_out.value.dtype)
+    # The stack, step by step: with `x^0_t = z_t` (normalised input) and per layer `l`
+    # (gate order i, f, g, o; `sigma` the logistic function),
+    #   `a^l_t = x^{l-1}_t W_x^l + h^l_{t-1} W_h^l + b^l`,
+    #   `i, f, o = sigma(a^l_t[i|f|o])`, `g = tanh(a^l_t[g])`,
+    #   `c^l_t = f c^l_{t-1} + i g`, `h^l_t = x^l_t = o tanh(c^l_t)`,
+    # and the residual readout `zhat_{t+1} = z_t + h^L_t W_out + b_out`.
+    def init_state(self, batch_shape: tuple[int, ...] = ()) -> list[tuple[Array, Array]]:
+        """The zero state `[(h_1, c_1), ..., (h_L, c_L)]`, each of shape `(*batch_shape, hidden)`,
+        in the parameters' dtype: `h_0 = c_0 = 0` in every layer."""
+        z = jnp.zeros((*batch_shape, self.hidden), self.w_out[...].dtype)
         return [(z, z) for _ in range(self.layers)]
 
-    def _run(self, zs, state):
-        """Runs the stack over normalised inputs `zs (T, d)`; returns hidden states of the
-        top layer `(T, hidden)`, the next-step predictions `(T, d)` and the final state.
-        A batch `zs (B, T, d)` with a batched state (`self._zeros((B,))`) gives `(B, T, .)`
-        and runs as one time-major scan (the layout `_lstm_kernel.lstm_layer` is fast in)."""
+    def normalise(self, y: Float[Array, "*B d"]) -> Float[Array, "*B d"]:
+        """`z = (y - m) / s` with the training statistics `m = mean`, `s = std`, cast to the
+        parameters' dtype (so float64 inputs meet float32 weights cleanly)."""
+        return ((y - self.mean[...]) / self.std[...]).astype(self.w_out[...].dtype)
+
+    def denormalise(self, z: Float[Array, "*B d"]) -> Float[Array, "*B d"]:
+        """`y = z s + m`, the inverse of `normalise` (physical units)."""
+        return z * self.std[...] + self.mean[...]
+
+    def run(self, zs: Float[Array, "*B T d"], state: list[tuple[Array, Array]]):
+        """Reads normalised inputs `zs (T, d)` (teacher forcing) from `state`.
+
+        Returns the top layer's hidden states `h^L_t (T, hidden)`, the next-step predictions
+        `zhat_{t+1} = z_t + h^L_t W_out + b_out (T, d)` and the final state. A batch
+        `zs (B, T, d)` with a batched state (`init_state((B,))`) gives `(B, T, .)` and runs as
+        one time-major scan (the layout `_lstm_kernel.lstm_layer` is fast in).
+        """
         if zs.ndim not in (2, 3):
             raise ValueError(f"inputs must have shape (T, d) or (B, T, d), got {tuple(zs.shape)}")
         batched = zs.ndim == 3
         x = jnp.swapaxes(zs, 0, 1) if batched else zs
         new_state = []
         for l in range(self.layers):
-            x, s = _fast_lstm_layer(self.w_x[l].value, self.w_h[l].value, self.b[l].value, x, *state[l])
+            x, s = _fast_lstm_layer(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, *state[l])
             new_state.append(s)
-        out = x @ self.w_out.value + self.b_out.value
+        out = x @ self.w_out[...] + self.b_out[...]
         if batched:
             x, out = jnp.swapaxes(x, 0, 1), jnp.swapaxes(out, 0, 1)
         return x, zs + out, new_state
 
-    def _norm(self, y):
-        # computed in the parameters' dtype, so float64 inputs meet float32 weights cleanly
-        return ((y - self.mean.value) / self.std.value).astype(self.w_out.value.dtype)
-
-    def _denorm(self, z):
-        return z * self.std.value + self.mean.value
-
     def __call__(self, xs: Float[Array, "*B T d"]) -> Float[Array, "*B T d"]:
-        _, pred, _ = self._run(self._norm(xs), self._zeros(xs.shape[:-2]))
-        return self._denorm(pred)
+        _, pred, _ = self.run(self.normalise(xs), self.init_state(xs.shape[:-2]))
+        return self.denormalise(pred)
 
     def hidden_states(self, xs: Float[Array, "*B T d"]) -> Float[Array, "*B T hidden"]:
         """Top-layer hidden states `h_t` while reading `xs` (teacher-forced); `xs (T, d)`
         or a batch `(B, T, d)`."""
-        hs, _, _ = self._run(self._norm(xs), self._zeros(xs.shape[:-2]))
+        hs, _, _ = self.run(self.normalise(xs), self.init_state(xs.shape[:-2]))
         return hs
 
-    def _cell(self, z, state):
-        """One step of the whole stack for one input `z (d,)`; returns the top hidden state,
-        the next-step prediction and the new state."""
+    def cell(self, z: Float[Array, "*B d"], state: list[tuple[Array, Array]]):
+        """One step of the whole stack on one normalised input `z (d,)` (or a batch `(B, d)`
+        with a batched state): returns the top hidden state `h^L_t`, the prediction
+        `zhat_{t+1} = z + h^L_t W_out + b_out` and the new state `[(h_l, c_l), ...]`."""
         x = z
         new_state = []
         for l in range(self.layers):
             h, c = state[l]
-            h, c = _lstm_step(self.w_x[l].value, self.w_h[l].value, self.b[l].value, x, h, c)
+            h, c = _lstm_step(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, h, c)
             new_state.append((h, c))
             x = h
-        return x, z + x @ self.w_out.value + self.b_out.value, new_state
+        return x, z + x @ self.w_out[...] + self.b_out[...], new_state
 
-    def _free_run(self, z_last, state, n_steps):
-        """Feeds predictions back for `n_steps`, starting from the prediction `z_last`."""
+    def free_run(self, z_last: Float[Array, "*B d"], state: list[tuple[Array, Array]], n_steps: int):
+        """Free-running: feeds each prediction back as the next input, `z_{k+1} = zhat(z_k)`,
+        for `n_steps` steps from `z_0 = z_last` (the last teacher-forced prediction) and
+        `state`. Returns the inputs read, `(z_0, ..., z_{n-1})` `(n_steps, *B, d)`, which are
+        the forecast in normalised units, and the top hidden state after each read
+        `(n_steps, *B, hidden)`."""
 
         def step(carry, _):
             z, st = carry
-            h, pred, st = self._cell(z, st)
+            h, pred, st = self.cell(z, st)
             return (pred, st), (z, h)
 
         (_, _), (zs, hs) = jax.lax.scan(step, (z_last, state), None, length=n_steps)
@@ -154,28 +167,28 @@ class LSTM(AbstractModel):
 
     def forecast(self, context: Float[Array, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         context = self._check_forecast(context, n_steps)
-        _, pred, state = self._run(self._norm(context), self._zeros())
-        zs, _ = self._free_run(pred[-1], state, int(n_steps))
-        return self._denorm(zs)
+        _, pred, state = self.run(self.normalise(context), self.init_state())
+        zs, _ = self.free_run(pred[-1], state, int(n_steps))
+        return self.denormalise(zs)
 
     def forecast_hidden(self, context, n_steps: int):
         """Like `forecast`, but also returns the top-layer hidden states `(n_steps, hidden)`
         produced while reading each forecast step back in."""
         context = self._check_forecast(context, n_steps)
-        _, pred, state = self._run(self._norm(context), self._zeros())
-        zs, hs = self._free_run(pred[-1], state, int(n_steps))
-        return self._denorm(zs), hs
+        _, pred, state = self.run(self.normalise(context), self.init_state())
+        zs, hs = self.free_run(pred[-1], state, int(n_steps))
+        return self.denormalise(zs), hs
 
     def lrp_params(self) -> dict:
         """The parameters in the layout of `models.attribution.lstm_lrp` (normalised units;
         the readout explains the residual `z_{t+1} - z_t`)."""
         return {
             "layers": [
-                {"w_x": self.w_x[l].value, "w_h": self.w_h[l].value, "b": self.b[l].value}
+                {"w_x": self.w_x[l][...], "w_h": self.w_h[l][...], "b": self.b[l][...]}
                 for l in range(self.layers)
             ],
-            "w_out": self.w_out.value,
-            "b_out": self.b_out.value,
+            "w_out": self.w_out[...],
+            "b_out": self.b_out[...],
         }
 
     # ------------------------------------------------------------ training
@@ -184,14 +197,14 @@ class LSTM(AbstractModel):
 
     def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
         # per window: teacher-forced MSE + rollout MSE; the batch runs as one (B, T, d) pass
-        zs = self._norm(windows)
+        zs = self.normalise(windows)
         batch = zs.shape[:1]
-        _, pred, _ = self._run(zs[:, :-1], self._zeros(batch))
+        _, pred, _ = self.run(zs[:, :-1], self.init_state(batch))
         tf = jnp.mean((pred - zs[:, 1:]) ** 2, axis=(1, 2))
         w = min(self.warmup, zs.shape[1] - 2)
         r = min(self.rollout, zs.shape[1] - 1 - w)
         if r < 1:
             return jnp.mean(tf)
-        _, pw, st = self._run(zs[:, :w], self._zeros(batch))
-        free, _ = self._free_run(pw[:, -1], st, r)  # (r, B, d)
+        _, pw, st = self.run(zs[:, :w], self.init_state(batch))
+        free, _ = self.free_run(pw[:, -1], st, r)  # (r, B, d)
         return jnp.mean(tf + jnp.mean((jnp.swapaxes(free, 0, 1) - zs[:, w : w + r]) ** 2, axis=(1, 2)))

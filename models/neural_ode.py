@@ -24,7 +24,7 @@ class NeuralODE(ODEModel):
         self.net = MLP(state_dim, state_dim, width=width, depth=depth, rngs=rngs)
 
     def field(self, y):
-        return self.std.value * self.net((y - self.mean.value) / self.std.value)
+        return self.std[...] * self.net((y - self.mean[...]) / self.std[...])
 
 
 class SecondOrderNODE(ODEModel):
@@ -47,5 +47,5 @@ class SecondOrderNODE(ODEModel):
 
     def field(self, y):
         p = y[self.n:]
-        acc = self.std.value[self.n:] * self.net((y - self.mean.value) / self.std.value)
+        acc = self.std[self.n:] * self.net((y - self.mean[...]) / self.std[...])
         return jnp.concatenate([p, acc])

@@ -68,20 +68,20 @@ class OscillatorModel(ODEModel):
     # ------------------------------------------------------------ parameters
     def frequencies(self):
         """The learned `omega`, shape `(k,)`."""
-        return jnp.exp(self.log_omega.value)
+        return jnp.exp(self.log_omega[...])
 
     def damping(self):
         """The learned `gamma`, shape `(k,)`."""
-        return jax.nn.softplus(self.raw_damping.value)
+        return jax.nn.softplus(self.raw_damping[...])
 
     def coupling(self):
         """The learned `kappa`: symmetric, non-negative, zero diagonal, shape `(k, k)`."""
-        c = jax.nn.softplus(self.raw_coupling.value)
+        c = jax.nn.softplus(self.raw_coupling[...])
         c = 0.5 * (c + c.T)
         return c * (1 - jnp.eye(self.k, dtype=c.dtype))
 
     def mu(self):
-        return jax.nn.softplus(self.raw_mu.value) if self.raw_mu is not None else None
+        return jax.nn.softplus(self.raw_mu[...]) if self.raw_mu is not None else None
 
     # ------------------------------------------------------------ dynamics
     def latent_field(self, x):
@@ -100,13 +100,13 @@ class OscillatorModel(ODEModel):
     def encode(self, y):
         if self.readout is None:
             return y
-        pinv = jnp.linalg.pinv(self.readout.value)
+        pinv = jnp.linalg.pinv(self.readout[...])
         return jnp.concatenate([pinv @ y[: self.n], pinv @ y[self.n :]])
 
     def decode(self, x):
         if self.readout is None:
             return x
-        c = self.readout.value
+        c = self.readout[...]
         return jnp.concatenate([c @ x[: self.k], c @ x[self.k :]], axis=-1) if x.ndim == 1 else (
             jnp.concatenate([x[..., : self.k] @ c.T, x[..., self.k :] @ c.T], axis=-1)
         )
@@ -152,11 +152,11 @@ class OscillatorModel(ODEModel):
             if self.kind == "vanderpol":
                 mus.append(coef[-1])
         kappa = np.clip(0.5 * (kappa + kappa.T), 1e-7, None)
-        self.log_omega.value = jnp.asarray(0.5 * np.log(np.clip(omega2, 1e-4, None)), self.log_omega.value.dtype)
-        self.raw_damping.value = jnp.asarray(_inv_softplus(np.clip(gamma, 1e-7, None)), self.raw_damping.value.dtype)
-        self.raw_coupling.value = jnp.asarray(_inv_softplus(kappa), self.raw_coupling.value.dtype)
+        self.log_omega.set_value(jnp.asarray(0.5 * np.log(np.clip(omega2, 1e-4, None)), self.log_omega[...].dtype))
+        self.raw_damping.set_value(jnp.asarray(_inv_softplus(np.clip(gamma, 1e-7, None)), self.raw_damping[...].dtype))
+        self.raw_coupling.set_value(jnp.asarray(_inv_softplus(kappa), self.raw_coupling[...].dtype))
         if self.kind == "vanderpol":
-            self.raw_mu.value = jnp.asarray(_inv_softplus(max(np.mean(mus), 1e-3)), self.raw_mu.value.dtype)
+            self.raw_mu.set_value(jnp.asarray(_inv_softplus(max(np.mean(mus), 1e-3)), self.raw_mu[...].dtype))
 
     def _init_spectral(self, train, dt):
         n, k = self.n, self.k
@@ -174,5 +174,5 @@ class OscillatorModel(ODEModel):
         omegas = np.sort(freqs[peaks]) if peaks else np.ones(k)
         if len(omegas) < k:
             omegas = np.concatenate([omegas, np.full(k - len(omegas), omegas.mean() if len(omegas) else 1.0)])
-        self.log_omega.value = jnp.asarray(np.log(omegas), self.log_omega.value.dtype)
-        self.readout.value = jnp.asarray(c, self.readout.value.dtype)
+        self.log_omega.set_value(jnp.asarray(np.log(omegas), self.log_omega[...].dtype))
+        self.readout.set_value(jnp.asarray(c, self.readout[...].dtype))

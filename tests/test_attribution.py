@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 
 import dynamics
+import equinox as eqx
 from models import attribution as attr
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -581,8 +582,83 @@ def test_oscillator_scores_layouts():
     np.testing.assert_allclose(s[0, 1], ab[0, 1] + ab[0, 3] + ab[2, 1] + ab[2, 3])
     np.testing.assert_allclose(attr.oscillator_scores(a, 4), ab)  # first order: D = n
     np.testing.assert_allclose(attr.oscillator_scores(a, 2, state_layout=[[0, 2], [1, 3]]), s)
-    h = attr.oscillator_scores(np.ones((6, 6)), 2)  # huygens: (theta1, theta2, x, w1, w2, v)
+    # Huygens' clocks (theta1, theta2, x, w1, w2, v): the layout comes from the system
+    clocks = dynamics.HuygensClocks(jnp.array([1.0, 1.2]))
+    h = attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=clocks)
     np.testing.assert_allclose(h, 4.0)
+    np.testing.assert_allclose(attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=[[0, 3], [1, 4]]), h)
+    # ... and is never guessed from D = 2n + 2
+    with pytest.raises(ValueError, match="oscillator_groups"):
+        attr.oscillator_scores(np.ones((6, 6)), 2)
+    with pytest.raises(ValueError, match="state_layout"):
+        attr.oscillator_scores(a, 2, state_layout="huygens")
+
+
+class _ChainWithDrift(dynamics.AbstractSystem):
+    """A user's system with a non-plain layout, declared: `y = (q_1, q_2, q_3, p_1, p_2, p_3, s)`,
+    a harmonic chain (edges 1-2, 2-3) plus a decaying drift `s' = -s` that drives every `p_i`
+    (placed last, so that the old `2n + 2` guess `(i, n + 1 + i)` would pick the wrong indices)."""
+
+    declared: bool = eqx.field(static=True, default=True)
+
+    @property
+    def n_oscillators(self):
+        return 3
+
+    @property
+    def state_dim(self):
+        return 7
+
+    def vector_field(self, t, y):
+        q, p, s = y[:3], y[3:6], y[6]
+        lap = jnp.array([q[0] - q[1], 2 * q[1] - q[0] - q[2], q[2] - q[1]])
+        return jnp.concatenate([p, -jnp.array([1.0, 1.5, 2.0]) ** 2 * q - 0.3 * lap + s, -s[None]])
+
+    def coupling_graph(self):
+        return jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+    def sample_initial_states(self, key, n, *, scale=1.0):
+        return jax.random.uniform(key, (n, 7), minval=-scale, maxval=scale)
+
+    def oscillator_groups(self):
+        if not self.declared:
+            return super().oscillator_groups()  # the base class: refuses a non-plain layout
+        return ((0, 3), (1, 4), (2, 5))
+
+
+def test_a_declared_user_layout_pools_by_its_groups():
+    sys = _ChainWithDrift()
+    a = np.random.default_rng(0).normal(size=(7, 7))
+    ab, groups = np.abs(a), ((0, 3), (1, 4), (2, 5))
+    expected = np.array([[ab[np.ix_(gi, gj)].sum() for gj in groups] for gi in groups])
+    np.testing.assert_allclose(attr.oscillator_scores(a, 3, state_layout=sys), expected, rtol=1e-12)
+    np.testing.assert_allclose(attr.oscillator_scores(a, 3, state_layout=[list(g) for g in groups]), expected)
+    m = attr.oscillator_membership(sys, 7)
+    np.testing.assert_array_equal(m, [[1, 0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 1, 0]])
+    np.testing.assert_array_equal(attr.oscillator_membership(groups, 7), m)
+    # end to end: the simulator's own sensitivities recover the chain, through the system's groups
+    ts = jnp.array([0.0, 0.2, 0.4])
+    jac = attr.true_jacobian(sys, jnp.array([0.1, -0.2, 0.3, 0.0, 0.1, -0.1, 0.5]), ts)
+    res = attr.score_by_horizon(jac, jac, sys.coupling_graph(), ts, 0.3, state_layout=sys)
+    assert float(res.true_auroc[1]) == 1.0
+    np.testing.assert_allclose(res.auroc, res.true_auroc)
+
+
+def test_an_undeclared_user_layout_raises_instead_of_guessing():
+    sys = _ChainWithDrift(declared=False)
+    a = np.ones((7, 7))
+    with pytest.raises(ValueError, match="oscillator_groups"):
+        attr.oscillator_scores(a, 3)  # "auto": D = 2n + 1 is no plain layout
+    with pytest.raises(ValueError, match="not declared"):
+        attr.oscillator_scores(a, 3, state_layout=sys)
+    with pytest.raises(ValueError, match="not declared"):
+        attr.oscillator_membership(sys, 7)
+    with pytest.raises(ValueError, match="oscillator_groups"):
+        attr.score_by_horizon(np.ones((2, 7, 7)), np.ones((2, 7, 7)), sys.coupling_graph(), [0.0, 1.0], 0.5)
+    with pytest.raises(ValueError, match="state_dim=7"):
+        attr.oscillator_membership(_ChainWithDrift(), 6)
+    with pytest.raises(ValueError, match="3 index groups"):
+        attr.oscillator_scores(a, 3, state_layout=[[0, 4], [1, 5]])
 
 
 # --------------------------------------------------------------------------- #

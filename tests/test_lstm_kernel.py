@@ -131,17 +131,17 @@ def _model(layers):
 
 def _reference_loss(lstm, windows):
     """`LSTM.loss` as it was written before the batched pass: vmapped over windows."""
-    zs = lstm._norm(windows)
+    zs = lstm.normalise(windows)
 
     def one(z):
-        _, pred, _ = lstm._run(z[:-1], lstm._zeros())
+        _, pred, _ = lstm.run(z[:-1], lstm.init_state())
         tf = jnp.mean((pred - z[1:]) ** 2)
         w = min(lstm.warmup, z.shape[0] - 2)
         r = min(lstm.rollout, z.shape[0] - 1 - w)
         if r < 1:
             return tf
-        _, pw, st = lstm._run(z[:w], lstm._zeros())
-        free, _ = lstm._free_run(pw[-1], st, r)
+        _, pw, st = lstm.run(z[:w], lstm.init_state())
+        free, _ = lstm.free_run(pw[-1], st, r)
         return tf + jnp.mean((free - z[w : w + r]) ** 2)
 
     return jnp.mean(jax.vmap(one)(zs))
@@ -177,3 +177,26 @@ def test_model_refuses_other_ranks():
     lstm = _model(1)
     with pytest.raises(ValueError, match=r"\(T, d\) or \(B, T, d\)"):
         lstm(jnp.zeros((2, 2, T, D)))
+
+
+def test_public_step_methods_agree():
+    """`cell` stepped by hand equals `run` (two implementations of the stack), `free_run` feeds
+    the predictions back, and `denormalise` inverts `normalise`."""
+    lstm = _model(layers=2)
+    ys = _normal(21, (6, D))
+    zs = lstm.normalise(ys)
+    np.testing.assert_allclose(lstm.denormalise(zs), ys, rtol=1e-12, atol=1e-12)
+    hs, preds, final = lstm.run(zs, lstm.init_state())
+    state = lstm.init_state()
+    assert len(state) == 2 and state[0][0].shape == (H,)
+    for t in range(zs.shape[0]):
+        h, pred, state = lstm.cell(zs[t], state)
+        _close(h, hs[t])
+        _close(pred, preds[t])
+    _close(state, final)
+    free, free_h = lstm.free_run(preds[-1], final, 3)
+    h1, p1, _ = lstm.cell(preds[-1], final)
+    _close(free[0], preds[-1])
+    _close(free[1], p1)
+    _close(free_h[0], h1)
+    _close(lstm.denormalise(free), lstm.forecast(ys, 3))

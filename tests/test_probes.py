@@ -9,8 +9,10 @@ import scipy.optimize
 from flax import nnx
 
 import dynamics
+import equinox as eqx
 from models import LSTM
 from models import probes as P
+from models.probes._ridge import _ridge_predict_all  # unit test of the solver itself
 
 
 # --------------------------------------------------------------------------- probes
@@ -55,7 +57,7 @@ def test_probe_matches_closed_form_ridge():
     mu, sd = xtr.mean(0), xtr.std(0)
     a, b = (xtr - mu) / sd, (xte - mu) / sd
     w = np.linalg.solve(a.T @ a + 50 * lam * np.eye(6), a.T @ (ytr - ytr.mean()))
-    got = P._ridge_predict_all(xtr, ytr, xte, [lam])[0]
+    got = _ridge_predict_all(xtr, ytr, xte, [lam])[0]
     np.testing.assert_allclose(got, b @ w + ytr.mean(), rtol=1e-10, atol=1e-12)
 
 
@@ -154,6 +156,104 @@ def test_physical_targets_other_systems():
     d = t["phase_2"], t["phase_1"]
     diff = np.arctan2(d[0][:, 1], d[0][:, 0]) - np.arctan2(d[1][:, 1], d[1][:, 0])
     np.testing.assert_allclose(np.cos(diff), np.cos(np.asarray(hc.phase_difference(jnp.asarray(y)))), atol=1e-12)
+
+
+class _ChainWithDrift(dynamics.AbstractSystem):
+    """A user's system with a non-plain layout, declared: `y = (q_1, q_2, q_3, s, p_1, p_2, p_3)`,
+    a harmonic chain plus a decaying drift coordinate `s' = -s` that belongs to no oscillator."""
+
+    omega: jax.Array = eqx.field(converter=jnp.asarray, default=(1.0, 1.5, 2.0))
+    kappa: float = 0.3
+
+    @property
+    def n_oscillators(self):
+        return 3
+
+    @property
+    def state_dim(self):
+        return 7
+
+    def vector_field(self, t, y):
+        q, s, p = y[:3], y[3], y[4:]
+        lap = jnp.array([q[0] - q[1], 2 * q[1] - q[0] - q[2], q[2] - q[1]])
+        return jnp.concatenate([p, -s[None], -(self.omega**2) * q - self.kappa * lap])
+
+    def energy(self, y):
+        q, p = y[..., :3], y[..., 4:]
+        return 0.5 * jnp.sum(p**2 + self.omega**2 * q**2, axis=-1)
+
+    def coupling_graph(self):
+        return jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+    def sample_initial_states(self, key, n, *, scale=1.0):
+        return jax.random.uniform(key, (n, 7), minval=-scale, maxval=scale)
+
+    def oscillator_groups(self):
+        return ((0, 4), (1, 5), (2, 6))
+
+    def split_state(self, y):
+        return y[..., :3], y[..., 4:], {"drift": y[..., 3]}
+
+    def natural_frequencies(self):
+        return 2.0 * self.omega  # deliberately not `omega`: the targets must use this
+
+
+class _Undeclared(_ChainWithDrift):
+    """The same non-plain state, but the layout is not declared (the base-class defaults)."""
+
+    oscillator_groups = dynamics.AbstractSystem.oscillator_groups
+    split_state = dynamics.AbstractSystem.split_state
+    natural_frequencies = dynamics.AbstractSystem.natural_frequencies
+
+
+def test_physical_targets_follow_a_declared_user_layout():
+    sys = _ChainWithDrift()
+    y = np.random.default_rng(3).uniform(-1, 1, (40, 7))
+    t = P.physical_targets(sys, y)
+    assert set(t) == {"energy", "drift"} | {f"{k}_{i}" for k in ("phase", "q", "p") for i in (1, 2, 3)}
+    np.testing.assert_array_equal(t["drift"], y[:, 3])  # the extras entry, by its name
+    np.testing.assert_allclose(t["energy"], np.asarray(sys.energy(jnp.asarray(y))), rtol=1e-12)
+    for i in range(3):
+        np.testing.assert_array_equal(t[f"q_{i + 1}"], y[:, i])
+        np.testing.assert_array_equal(t[f"p_{i + 1}"], y[:, 4 + i])  # after the drift, not y[:, 3 + i]
+        phi = np.arctan2(-y[:, 4 + i] / (2.0 * float(sys.omega[i])), y[:, i])  # natural_frequencies()
+        np.testing.assert_allclose(t[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12)
+    c = P.physical_concepts(sys, y)
+    phi = np.arctan2(-y[:, 4:] / (2.0 * np.asarray(sys.omega)), y[:, :3])
+    np.testing.assert_array_equal(c["in_step"], np.abs(np.angle(np.exp(1j * (phi[:, 0] - phi[:, 1])))) < np.pi / 8)
+
+
+def test_an_undeclared_non_plain_layout_raises_instead_of_guessing():
+    sys = _Undeclared()
+    y = np.zeros((5, 7))
+    with pytest.raises(ValueError, match="split_state"):
+        P.physical_targets(sys, y)
+    with pytest.raises(ValueError, match="split_state"):
+        P.physical_concepts(sys, y)
+
+
+def test_huygens_targets_come_from_the_declared_layout(monkeypatch):
+    """The beam enters through `split_state`'s extras, the phases through `natural_frequencies()`."""
+    hc = dynamics.HuygensClocks(jnp.array([1.0, 1.2]))
+    y = np.random.default_rng(1).uniform(-0.3, 0.3, (30, 6))  # (theta_1, theta_2, x, w_1, w_2, v)
+    t = P.physical_targets(hc, y)
+    np.testing.assert_array_equal(t["beam_x"], y[:, 2])
+    np.testing.assert_array_equal(t["beam_v"], y[:, 5])
+    np.testing.assert_array_equal(t["p_2"], y[:, 4])
+    # another declared frequency moves the phases: they are read from natural_frequencies()
+    monkeypatch.setattr(dynamics.HuygensClocks, "natural_frequencies", lambda self: jnp.array([0.5, 3.0]))
+    t2 = P.physical_targets(hc, y)
+    for i, w in enumerate((0.5, 3.0)):
+        phi = np.arctan2(-y[:, 3 + i] / w, y[:, i])
+        np.testing.assert_allclose(t2[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12)
+    # ... and extras are taken generically: a renamed beam is a renamed target
+    monkeypatch.setattr(
+        dynamics.HuygensClocks, "split_state",
+        lambda self, y: (y[..., :2], y[..., 3:5], {"cart": y[..., 2], "cart_speed": y[..., 5]}),
+    )
+    t3 = P.physical_targets(hc, y)
+    assert {"cart", "cart_speed"} <= set(t3) and "beam_x" not in t3
+    np.testing.assert_array_equal(t3["cart_speed"], y[:, 5])
 
 
 def test_physical_concepts():
