@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m experiments.study --preset quick
+	$(PY) -m experiments.study --preset quick --figures figures/quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

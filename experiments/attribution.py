@@ -33,19 +33,11 @@ from .specs import config_hash
 ATTR_COLUMNS = ("system", "model", "n_train", "method", "split", "coupling_auroc", "jacobian_spearman",
                 "n_traj", "reason")
 PROBE_COLUMNS = ("system", "model", "n_train", "quantity", "split", "r2", "control_r2", "reason")
+METHODS = ("saliency", "gradient_x_input", "integrated_gradients")
 
 
 class NothingToAttribute(RuntimeError):
     """No model of the preset could be trained and attributed (all n/a or failed)."""
-
-
-def _membership(groups, dim: int) -> np.ndarray:
-    """`(n, dim)`: row `k` marks the state coordinates of oscillator `k`."""
-    m = np.zeros((len(groups), dim))
-    for k, g in enumerate(groups):
-        m[k, list(g)] = 1.0
-    return m
-METHODS = ("saliency", "gradient_x_input", "integrated_gradients")
 
 
 def _forecast_jacobians(model, context, horizons, method: str, *, ig_steps: int = 16):
@@ -109,8 +101,7 @@ def attribute_model(model, ds, preset: Preset):
             attr = np.asarray(fwd(ctx, method), dtype=np.float64)
             if not np.all(np.isfinite(attr)):
                 continue
-            s = A.score_by_horizon(attr, true_all[i], graph, ts_abs, ds.t_train,
-                                   state_layout=[list(g) for g in system.oscillator_groups()])
+            s = A.score_by_horizon(attr, true_all[i], graph, ts_abs, ds.t_train, state_layout=system)
             per.append(s)
             if i == 0:
                 maps[method] = attr
@@ -124,7 +115,7 @@ def attribute_model(model, ds, preset: Preset):
             maps[f"{method}_spearman_by_horizon"] = np.nanmean([np.asarray(s.spearman) for s in per], 0)
             maps["true_auroc_by_horizon"] = np.nanmean([np.asarray(s.true_auroc) for s in per], 0)
     # saliency of q_1 over (time lag, oscillator) at the last horizon inside and beyond the window
-    member = jnp.asarray(_membership(system.oscillator_groups(), ds.state_dim), dtype)
+    member = jnp.asarray(A.oscillator_membership(system, ds.state_dim), dtype)
     ctx0 = jnp.asarray(ds.test[0, :C], dtype)
     for split, h_idx in (("inside", np.flatnonzero(ts_abs <= ds.t_train)), ("beyond", np.flatnonzero(ts_abs > ds.t_train))):
         if h_idx.size:

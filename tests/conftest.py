@@ -1,4 +1,5 @@
-"""Test configuration: float64 for numerical tests and four simulated CPU devices.
+"""Test configuration: float64 for numerical tests, implicit rank promotion an error, and four
+simulated CPU devices.
 
 Both settings must be applied before JAX initialises its backend, so they live
 at import time of this file, which pytest loads before any test module.
@@ -11,6 +12,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
 try:  # the modern spelling; the XLA flag above covers older versions
     jax.config.update("jax_num_cpu_devices", 4)
 except (AttributeError, RuntimeError):  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -9,9 +10,11 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 import dynamics
+import dynamics as d
 
 ROOT = Path(__file__).resolve().parents[1]
 #: generous waits for subprocesses on a loaded 2-core machine (never a pass/fail criterion)
@@ -83,3 +86,75 @@ class ClocksOnAShelf(dynamics.AbstractSystem):
         q = jax.random.uniform(kq, (n, self.n_oscillators), minval=-0.5, maxval=0.5) * scale
         p = jax.random.uniform(kp, (n, self.n_oscillators), minval=-0.5, maxval=0.5) * scale * self.omega
         return jnp.concatenate([q, jnp.full((n, 1), 0.3 * scale), p], axis=-1)
+
+
+# --------------------------------------------------------------- systems at random parameters
+#: tolerances at which solver error is far below the physical tolerances tested
+TIGHT = dict(solver="dopri8", rtol=1e-12, atol=1e-12)
+#: batch size and number of save times of the shared solves: every test that uses
+#: `solve` on a system of `random_system` hits the same compiled solver
+BATCH, N_TIMES = 6, 101
+
+
+def solve(system, y0, t_end, **kwargs):
+    """`simulate` at `TIGHT` tolerances on `N_TIMES` equally spaced times in `[0, t_end]`."""
+    ts = jnp.linspace(0.0, t_end, N_TIMES)
+    return ts, d.simulate(system, y0, ts, **{**TIGHT, **kwargs})
+
+
+def _random_coupling(rng, n, high=0.5):
+    """Symmetric, non-negative, zero diagonal; some pairs uncoupled so that graphs are not complete.
+
+    For `n = 3` the graph is the chain `0 - 1 - 2`; for larger `n` a third of the pairs are dropped.
+    """
+    k = np.triu(rng.uniform(0.1 * high, high, (n, n)), 1)
+    k[0, n - 1] = 0.0
+    if n > 3:
+        k *= rng.uniform(size=(n, n)) > 1 / 3
+    return k + k.T
+
+
+SYSTEMS = [
+    "HarmonicChain", "CoupledPendulums", "CoupledVanDerPol", "HuygensClocks",
+    "Kuramoto", "DoublePendulum", "HamiltonianSystem",
+]
+#: the conservative systems (`UndampedHuygensClocks`: `gamma = mu = beam_gamma = 0`)
+CONSERVATIVE = ["HarmonicChain", "CoupledPendulums", "DoublePendulum", "UndampedHuygensClocks", "HamiltonianSystem"]
+
+
+@functools.cache
+def random_system(name: str, seed: int = 0) -> d.AbstractSystem:
+    """One system of each kind at random parameters (cached: the same instance each call).
+
+    Shapes depend only on `name`, so repeated solves reuse one compilation.
+    """
+    rng = np.random.default_rng(seed)
+    n = 3
+    if name == "HarmonicChain":
+        return d.HarmonicChain(rng.uniform(0.5, 2.0, n), _random_coupling(rng, n))
+    if name == "CoupledPendulums":
+        return d.CoupledPendulums(rng.uniform(0.5, 2.0, n), _random_coupling(rng, n))
+    if name == "CoupledVanDerPol":
+        return d.CoupledVanDerPol(rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0), _random_coupling(rng, n))
+    if name in ("HuygensClocks", "UndampedHuygensClocks"):
+        damped = name == "HuygensClocks"
+        return d.HuygensClocks(
+            rng.uniform(0.8, 1.2, 2),
+            gamma=rng.uniform(0.0, 0.1) if damped else 0.0,
+            mu=rng.uniform(0.05, 0.3) if damped else 0.0,
+            theta0=rng.uniform(0.1, 0.4),
+            beam_omega=rng.uniform(0.5, 2.0),
+            beam_gamma=rng.uniform(0.1, 1.0) if damped else 0.0,
+            mass_ratio=rng.uniform(0.05, 0.4),
+        )
+    if name == "Kuramoto":
+        return d.Kuramoto(rng.normal(0.0, 1.0, 20), _random_coupling(rng, 20, high=0.2))
+    if name == "DoublePendulum":
+        m1, m2, l1, l2 = rng.uniform(0.5, 2.0, 4)
+        return d.DoublePendulum(m1, m2, l1, l2, g=rng.uniform(5.0, 15.0))
+    if name == "HamiltonianSystem":  # the random pendulums' energy, as a black-box H(q, p)
+        pend = random_system("CoupledPendulums", seed)
+        return d.HamiltonianSystem(lambda q, p: pend.energy(jnp.concatenate([q, p])), pend.n_oscillators)
+    raise KeyError(name)
+
+

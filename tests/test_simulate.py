@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
-from test_systems import BATCH, N_TIMES, SYSTEMS, TIGHT, random_system, solve
+from helpers import BATCH, N_TIMES, SYSTEMS, TIGHT, random_system, solve
 
 import dynamics as d
 from dynamics import _simulate
