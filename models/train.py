@@ -614,9 +614,9 @@ def fit(
     `TrainingDiverged` when the loss becomes non-finite (the model keeps its
     last finite parameters).
     """
-    loss = _model_loss if loss is None else loss
     cfg = _resolve_config(config, overrides, custom_optimizer=optimizer is not None)
     _validate(model, dataset, cfg, loss=loss)
+    loss = _model_loss if loss is None else loss
     (model,), history, state, diverged = _run(
         [model], dataset, [key], cfg=cfg, optimizer=optimizer, loss=loss, checkpoint_dir=checkpoint_dir,
         progress=progress, log_path=log_path, strategy="single", desc=type(model).__name__,
@@ -657,7 +657,6 @@ def fit_ensemble(
     keys = list(keys)
     if not keys:
         raise ValueError("keys must hold at least one PRNG key")
-    loss = _model_loss if loss is None else loss
     cfg = _resolve_config(config, overrides, custom_optimizer=optimizer is not None)
     if strategy is None:
         strategy = "map" if jax.default_backend() == "cpu" else "vmap"
@@ -665,6 +664,7 @@ def fit_ensemble(
         raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
     models = [make_model(nnx.Rngs(k)) for k in keys]
     _validate(models[0], dataset, cfg, loss=loss)
+    loss = _model_loss if loss is None else loss
     models, history, state, diverged = _run(
         models, dataset, keys, cfg=cfg, optimizer=optimizer, loss=loss, checkpoint_dir=checkpoint_dir,
         progress=progress, log_path=None, strategy=strategy, desc=f"ensemble of {len(models)}",
