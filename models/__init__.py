@@ -2,10 +2,16 @@
 constraint-imposing networks, one training loop for all, and tools to look inside."""
 
 from ._base import AbstractModel as AbstractModel, ODEModel as ODEModel
+from ._common import MLP as MLP, integrate as integrate
 from .hnn import DissipativeHNN as DissipativeHNN, HNN as HNN
 from .lnn import LNN as LNN
 from .lstm import LSTM as LSTM
 from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE
 from .oscillators import OscillatorModel as OscillatorModel
-from .train import TrainingDiverged as TrainingDiverged, fit as fit, fit_ensemble as fit_ensemble
+from .train import (
+    TrainConfig as TrainConfig,
+    TrainingDiverged as TrainingDiverged,
+    fit as fit,
+    fit_ensemble as fit_ensemble,
+)
 from . import attribution as attribution, probes as probes

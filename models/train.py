@@ -3,8 +3,8 @@
 The loop is pure at the JAX boundary: the model is split with `nnx.split`
 into a graph definition, its trainable `nnx.Param`s and the rest; each jitted
 call runs a chunk of `eval_every` steps under `lax.scan`, then evaluates the
-validation loss. Minibatches depend only on `(key, step)`, so a run resumed
-from a checkpoint replays exactly the batches it would have seen.
+validation loss. Minibatches and loss keys depend only on `(key, step)`, so a
+run resumed from a checkpoint replays exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -12,19 +12,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractModel
+
+#: `loss(model, batch, key) -> scalar`: see `fit`
+Loss = Callable[[nnx.Module, Any, PRNGKeyArray], Float[Array, ""]]
 
 
 class TrainingDiverged(RuntimeError):
@@ -43,46 +47,127 @@ class TrainingDiverged(RuntimeError):
         self.step, self.last_finite_loss, self.model, self.member = step, last_finite_loss, model, member
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 @dataclasses.dataclass(frozen=True)
-class _Config:
+class TrainConfig:
+    """The configuration of one training run, shared by `fit` and `fit_ensemble` (and
+    recorded in the checkpoint directory, which a rerun resumes only if it matches).
+
+    **Fields:**
+
+    - `steps`: optimisation steps (required; no default length suits every model).
+    - `batch_size`: windows per step, each cut at a random position of a random
+      training trajectory (ignored for full-batch data; see `fit`).
+    - `lr`: peak learning rate of the default optimizer's linear-warm-up,
+      cosine-decay schedule (to `lr / 100` at `steps`), over `warmup` steps
+      (None: 5% of `steps`); gradients clipped to global norm `grad_clip`
+      (`inf`: no clipping). These three configure only the default optimizer.
+    - `eval_every`: steps per compiled chunk; the validation loss is evaluated
+      (and a checkpoint written) after each.
+    - `patience`: stop after that many evaluations without improvement of the
+      validation loss (None: never stop early).
+    - `precision`: `"float32"` or `"float64"` (needs `jax_enable_x64`): the
+      dtype of the parameters and the data during training.
+
+    **Raises:** `ValueError` naming the field and the value for a bad value.
+    """
+
     steps: int
-    batch_size: int
-    lr: float
-    eval_every: int
-    patience: int | None
-    grad_clip: float
-    warmup: int
-    precision: str
+    batch_size: int = 32
+    lr: float = 1e-3
+    eval_every: int = 100
+    patience: int | None = None
+    grad_clip: float = 1.0
+    warmup: int | None = None
+    precision: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self):
+        def bad(field, requirement):
+            raise ValueError(f"TrainConfig: {field} must be {requirement}, got {getattr(self, field)!r}")
+
+        for field in ("steps", "batch_size", "eval_every"):
+            if not _is_int(getattr(self, field)) or getattr(self, field) < 1:
+                bad(field, "a positive integer")
+        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+            bad("patience", "None or a positive integer")
+        if self.warmup is not None and (not _is_int(self.warmup) or self.warmup < 0):
+            bad("warmup", "None or a non-negative integer")
+        if not isinstance(self.lr, (int, float, np.integer, np.floating)) or not (math.isfinite(self.lr)
+                                                                                 and self.lr > 0):
+            bad("lr", "finite and > 0")
+        if not isinstance(self.grad_clip, (int, float, np.integer, np.floating)) or not self.grad_clip > 0:
+            bad("grad_clip", "> 0 (inf: no clipping)")
+        if self.precision not in ("float32", "float64"):
+            bad("precision", "'float32' or 'float64'")
+        # plain Python numbers: hashable like the originals, and JSON-serialisable for the checkpoint
+        for field, cast in (("steps", int), ("batch_size", int), ("eval_every", int), ("lr", float),
+                            ("grad_clip", float)):
+            object.__setattr__(self, field, cast(getattr(self, field)))
+        for field in ("patience", "warmup"):
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, int(getattr(self, field)))
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup if self.warmup is not None else max(1, self.steps // 20)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields, with `warmup` resolved (as recorded in a checkpoint directory)."""
+        return dict(dataclasses.asdict(self), warmup=self.warmup_steps)
 
 
-def _config(steps, batch_size, lr, eval_every, patience, grad_clip, warmup, precision) -> _Config:
-    """The run's configuration; `warmup` defaults to 5% of `steps`."""
-    return _Config(steps=int(steps), batch_size=int(batch_size), lr=float(lr), eval_every=int(eval_every),
-                   patience=patience, grad_clip=float(grad_clip),
-                   warmup=int(warmup if warmup is not None else max(1, steps // 20)), precision=precision)
+_DEFAULT_OPTIMIZER_FIELDS = ("lr", "warmup", "grad_clip")
+
+
+def _resolve_config(config: TrainConfig | None, overrides: dict, *, custom_optimizer: bool = False) -> TrainConfig:
+    """`config` (or the defaults) with `overrides` (TrainConfig field names) replaced."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+                        f"the configuration keywords are TrainConfig's fields: {', '.join(sorted(names))}")
+    if custom_optimizer:
+        unused = [k for k in _DEFAULT_OPTIMIZER_FIELDS if k in overrides]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} configure(s) the default optimizer and would be ignored "
+                             "with optimizer=; put them into your optimizer instead")
+    if config is None:
+        if "steps" not in overrides:
+            raise ValueError("steps is required: pass steps=N or config=TrainConfig(steps=N)")
+        return TrainConfig(**overrides)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    return dataclasses.replace(config, **overrides)
+
+
+def _is_trajectories(dataset) -> bool:
+    """A `dynamics.Dataset` (or anything shaped like one): trajectories to cut windows from."""
+    return all(hasattr(dataset, a) for a in ("train", "val", "dt", "state_dim", "n_train_steps"))
 
 
 # --------------------------------------------------------------------------- checks
-def _validate(model, dataset, *, steps, batch_size, lr, eval_every, patience, precision):
+def _validate(model, dataset, config: TrainConfig | None = None, /, *, loss: Loss | None = None,
+              **overrides) -> TrainConfig:
+    """Checks the model and the data against each other (before anything touches the model);
+    returns the run's configuration."""
+    cfg = _resolve_config(config, overrides)
+    if cfg.precision == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError("precision='float64' needs jax_enable_x64: jax.config.update('jax_enable_x64', True)")
+    if not _is_trajectories(dataset):
+        if loss is None:
+            raise ValueError(f"a dataset that is not a trajectory Dataset ({type(dataset).__name__}) "
+                             "needs loss=: fit cannot cut windows from it")
+        if not isinstance(model, nnx.Module):
+            raise ValueError(f"model must be an nnx.Module, got {type(model).__name__}")
+        for leaf in jax.tree.leaves(dataset):
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
+                raise ValueError("the data contain NaN or inf")
+        return cfg
     if not isinstance(model, AbstractModel):
         raise ValueError(f"model must be one of this package's models, got {type(model).__name__}")
-    if not isinstance(steps, (int, np.integer)) or steps <= 0:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not (np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
-    if not isinstance(eval_every, (int, np.integer)) or eval_every <= 0:
-        raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
-    if patience is not None and (not isinstance(patience, (int, np.integer)) or patience < 1):
-        raise ValueError(f"patience must be None or a positive integer, got {patience!r}")
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
-    if precision == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("precision='float64' needs jax_enable_x64: jax.config.update('jax_enable_x64', True)")
     if dataset.state_dim != model.state_dim:
         raise ValueError(
             f"dataset state_dim {dataset.state_dim} does not match the model's state_dim {model.state_dim}"
@@ -96,6 +181,7 @@ def _validate(model, dataset, *, steps, batch_size, lr, eval_every, patience, pr
     for name in ("train", "val"):
         if not np.all(np.isfinite(dataset.split(name))):
             raise ValueError(f"dataset.{name} contains NaN or inf")
+    return cfg
 
 
 # --------------------------------------------------------------------------- pure core
@@ -109,16 +195,26 @@ def _windows_of(data, length, max_windows=256):
     return np.stack([data[i, s : s + length] for i, s in idx]) if idx else data[:, :length]
 
 
-def _make_optimizer(cfg: _Config):
+def _default_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """What `fit` uses without `optimizer=`: Adam on a linear-warm-up, cosine-decay schedule
+    (0 -> `lr` over `warmup` steps, then down to `lr / 100` at `steps`), after clipping the
+    gradients to global norm `grad_clip`."""
     sched = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, warmup_steps=max(1, cfg.warmup), decay_steps=max(cfg.steps, cfg.warmup + 1),
-        end_value=cfg.lr * 0.01,
+        0.0, config.lr, warmup_steps=max(1, config.warmup_steps),
+        decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.lr * 0.01,
     )
-    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(sched))
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(sched))
+
+
+def _model_loss(model, windows, key):
+    """The default objective: the model's own `loss(windows)`."""
+    del key
+    return model.loss(windows)
 
 
 def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
 
 
 def _init_state(params, opt):
@@ -137,30 +233,44 @@ def _init_state(params, opt):
     }
 
 
-def _build_chunk(graphdef, opt, cfg: _Config, window: int, has_val: bool):
-    """Returns `chunk(state, rest, key, train, val_windows, n_steps) -> (state, mean_loss, val)`."""
+#: the loss key of step `s` is `fold_in(fold_in(key, s), _LOSS_KEY)`; `split(fold_in(key, s))` cuts the
+#: windows (`fold_in(k, 1)` would be the second half of `split(k)`, hence 2)
+_LOSS_KEY = 2
+#: validation calls the loss with `fold_in(key, _VAL_KEY)`, one key for the whole run
+_VAL_KEY = 2**31 - 1
 
-    def loss_fn(params, rest, windows):
-        return nnx.merge(graphdef, params, rest).loss(windows)
+
+def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: bool, loss: Loss):
+    """Returns `chunk(state, rest, key, train, val_batch, n_steps) -> (state, mean_loss, val)`.
+
+    `window` is the window length for trajectory data, None for full-batch data (every step
+    sees all of `train`)."""
+
+    def loss_fn(params, rest, batch, key):
+        return loss(nnx.merge(graphdef, params, rest), batch, key)
 
     def sample(key, step, train):
         k = jax.random.fold_in(key, step)
+        loss_key = jax.random.fold_in(k, _LOSS_KEY)
+        if window is None:
+            return train, loss_key
         k_i, k_s = jax.random.split(k)
         n, t, d = train.shape
         idx = jax.random.randint(k_i, (cfg.batch_size,), 0, n)
         start = jax.random.randint(k_s, (cfg.batch_size,), 0, t - window + 1)
-        return jax.vmap(lambda i, s: jax.lax.dynamic_slice(train[i], (s, 0), (window, d)))(idx, start)
+        windows = jax.vmap(lambda i, s: jax.lax.dynamic_slice(train[i], (s, 0), (window, d)))(idx, start)
+        return windows, loss_key
 
-    def chunk(state, rest, key, train, val_windows, n_steps):
+    def chunk(state, rest, key, train, val_batch, n_steps):
         def body(st, _):
             active = ~st["stopped"] & ~st["diverged"]
-            windows = sample(key, st["step"], train)
-            loss, grads = jax.value_and_grad(loss_fn)(st["params"], rest, windows)
+            batch, loss_key = sample(key, st["step"], train)
+            loss, grads = jax.value_and_grad(loss_fn)(st["params"], rest, batch, loss_key)
             updates, new_opt = opt.update(grads, st["opt_state"], st["params"])
             new_params = optax.apply_updates(st["params"], updates)
             finite = jnp.isfinite(loss) & _all_finite(new_params)
             ok = active & finite
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
             st = dict(st)
             st["params"] = keep(new_params, st["params"])
             st["opt_state"] = keep(new_opt, st["opt_state"])
@@ -174,7 +284,7 @@ def _build_chunk(graphdef, opt, cfg: _Config, window: int, has_val: bool):
         state, losses = jax.lax.scan(body, state, None, length=n_steps)
         mean_loss = jnp.nanmean(losses)
         if has_val:
-            val = loss_fn(state["params"], rest, val_windows)
+            val = loss_fn(state["params"], rest, val_batch, jax.random.fold_in(key, _VAL_KEY))
             evaluate = was_active & ~state["diverged"]
             improved = evaluate & jnp.isfinite(val) & (val < state["best_val"])
             state["best_params"] = jax.tree.map(
@@ -191,8 +301,6 @@ def _build_chunk(graphdef, opt, cfg: _Config, window: int, has_val: bool):
         return state, mean_loss, val
 
     return chunk
-
-
 # --------------------------------------------------------------------------- checkpoints
 class _Checkpoints:
     """Orbax checkpoints of the training state, plus a JSON-lines log and the run's fingerprint."""
@@ -276,29 +384,51 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_path, strategy, desc):
+def _mean_of_finite(x) -> str:
+    finite = x[np.isfinite(x)]
+    return f"{finite.mean():.3g}" if finite.size else "-"
+
+
+def _name_of(fn) -> str:
+    """`module.qualname` of a function (of the wrapped one for a `functools.partial`)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def _run(models, dataset, keys, *, cfg: TrainConfig, optimizer, loss, checkpoint_dir, progress, log_path,
+         strategy, desc):
     """Trains `len(models)` members at once; returns the trained models and their histories."""
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
-    for m in models:
-        m.prepare(dataset)
+    trajectories = _is_trajectories(dataset)
+    if trajectories:
+        for m in models:
+            m.prepare(dataset)
     graphdef, *_ = nnx.split(models[0], nnx.Param, ...)
     splits = [nnx.split(m, nnx.Param, ...)[1:] for m in models]
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *[_cast(s[0], dtype) for s in splits])
     rest = jax.tree.map(lambda *xs: jnp.stack(xs), *[_cast(s[1], dtype) for s in splits])
     n_members = len(models)
 
-    window = models[0].window_length(dataset.n_train_steps)
-    train = jnp.asarray(dataset.train, dtype)
-    has_val = dataset.val.shape[0] > 0
-    val_windows = jnp.asarray(_windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype)
+    if trajectories:
+        window = models[0].window_length(dataset.n_train_steps)
+        train = jnp.asarray(dataset.train, dtype)
+        has_val = dataset.val.shape[0] > 0
+        val_batch = jnp.asarray(_windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype)
+        data_sum = float(np.asarray(dataset.train, np.float64).sum())
+    else:  # full-batch data: handed to the loss whole at every step; no validation
+        window, has_val, val_batch = None, False, None
+        train = _cast(jax.tree.map(jnp.asarray, dataset), dtype)
+        data_sum = float(sum(np.asarray(x, np.float64).sum() for x in jax.tree.leaves(dataset)))
     key_data = jnp.stack([jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
                           for k in keys])
-    state = jax.vmap(lambda p: _init_state(p, _make_optimizer(cfg)))(params)
+    opt = optimizer if optimizer is not None else _default_optimizer(cfg)
+    state = jax.vmap(lambda p: _init_state(p, opt))(params)
 
     sharding = _member_sharding(n_members)
     if sharding is not None:
         state, rest, key_data = jax.device_put((state, rest, key_data), sharding)
-    step_fn = _compiled_chunk(graphdef, cfg, window, has_val, strategy)
+    step_fn = _chunk_for(graphdef, cfg, window, has_val, strategy, loss, optimizer)
 
     ckpt = None
     history: list[dict] = []
@@ -306,8 +436,12 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
     start_chunk = 0
     if checkpoint_dir is not None:
         fingerprint = dict(cfg.as_dict(), model=type(models[0]).__name__, members=n_members,
-                           keys=np.asarray(key_data).tolist(), window=window,
-                           data=float(np.asarray(dataset.train, np.float64).sum()))
+                           keys=np.asarray(key_data).tolist(), window=window, data=data_sum)
+        # recorded only when used, so that directories of default runs stay valid
+        if loss is not _model_loss:
+            fingerprint["loss"] = _name_of(loss)
+        if optimizer is not None:
+            fingerprint["optimizer"] = "custom"
         ckpt = _Checkpoints(checkpoint_dir, fingerprint)
         restored, history = ckpt.restore(state)
         if restored is not None:
@@ -325,12 +459,12 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
             if bool(jnp.all(state["stopped"] | state["diverged"])):
                 break
             n_steps = min(cfg.eval_every, cfg.steps - c * cfg.eval_every)
-            state, loss, val = step_fn(state, rest, key_data, train, val_windows, n_steps)
-            loss, val = np.asarray(loss), np.asarray(val)
+            state, loss_value, val = step_fn(state, rest, key_data, train, val_batch, n_steps)
+            loss_value, val = np.asarray(loss_value), np.asarray(val)
             rec = {
                 "chunk": c + 1,
                 "step": np.asarray(state["step"]).tolist(),
-                "train_loss": [None if not np.isfinite(x) else float(x) for x in loss],
+                "train_loss": [None if not np.isfinite(x) else float(x) for x in loss_value],
                 "val_loss": [None if not np.isfinite(x) else float(x) for x in val],
                 "seconds": time.perf_counter() - t0,
             }
@@ -341,7 +475,7 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{np.nanmean(loss):.3g}", val=f"{np.nanmean(val):.3g}")
+            bar.set_postfix(loss=_mean_of_finite(loss_value), val=_mean_of_finite(val))
     finally:
         bar.close()
         if ckpt is not None:
@@ -358,25 +492,35 @@ def _run(models, dataset, keys, *, cfg: _Config, checkpoint_dir, progress, log_p
     return models, history, state, diverged
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_chunk(graphdef, cfg: _Config, window: int, has_val: bool, strategy: str):
-    """The jitted, member-batched training chunk; cached, so that repeated fits of the same
-    architecture and configuration (seeds, ensembles, resumed runs) compile once."""
-    chunk = _build_chunk(graphdef, _make_optimizer(cfg), cfg, window, has_val)
+def _chunk_for(graphdef, cfg, window, has_val, strategy, loss, optimizer):
+    try:
+        hash((loss, optimizer))
+    except TypeError:  # an unhashable custom loss or optimizer: compiled afresh, not cached
+        return _compiled_chunk.__wrapped__(graphdef, cfg, window, has_val, strategy, loss, optimizer)
+    return _compiled_chunk(graphdef, cfg, window, has_val, strategy, loss, optimizer)
 
-    def run_member(st, r, kd, train, val_windows, n_steps):
-        return chunk(st, r, jax.random.wrap_key_data(kd), train, val_windows, n_steps)
+
+@functools.lru_cache(maxsize=64)
+def _compiled_chunk(graphdef, cfg: TrainConfig, window: int | None, has_val: bool, strategy: str, loss: Loss,
+                    optimizer):
+    """The jitted, member-batched training chunk; cached, so that repeated fits of the same
+    architecture, configuration, loss and optimizer (seeds, ensembles, resumed runs) compile once."""
+    opt = optimizer if optimizer is not None else _default_optimizer(cfg)
+    chunk = _build_chunk(graphdef, opt, cfg, window, has_val, loss)
+
+    def run_member(st, r, kd, train, val_batch, n_steps):
+        return chunk(st, r, jax.random.wrap_key_data(kd), train, val_batch, n_steps)
 
     if strategy == "single":  # one member: no batching at all (a vmap of one costs ~15% on the LSTM)
-        def batched(st, r, kd, train, val_windows, n):
+        def batched(st, r, kd, train, val_batch, n):
             squeeze = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
-            out = run_member(squeeze(st), squeeze(r), kd[0], train, val_windows, n)
+            out = run_member(squeeze(st), squeeze(r), kd[0], train, val_batch, n)
             return jax.tree.map(lambda x: x[None], out)
     elif strategy == "vmap":
         batched = jax.vmap(run_member, in_axes=(0, 0, 0, None, None, None))
     elif strategy == "map":
-        def batched(st, r, kd, train, val_windows, n):
-            return jax.lax.map(lambda a: run_member(*a, train, val_windows, n), (st, r, kd))
+        def batched(st, r, kd, train, val_batch, n):
+            return jax.lax.map(lambda a: run_member(*a, train, val_batch, n), (st, r, kd))
     else:
         raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
     return jax.jit(batched, static_argnums=5)
@@ -403,56 +547,79 @@ def _history_of(history, i):
 
 
 def fit(
-    model: AbstractModel,
+    model: nnx.Module,
     dataset,
     *,
-    steps: int,
     key: PRNGKeyArray,
-    batch_size: int = 32,
-    lr: float = 1e-3,
+    config: TrainConfig | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: Loss | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
-    eval_every: int = 100,
-    patience: int | None = None,
-    grad_clip: float = 1.0,
-    warmup: int | None = None,
-    precision: str = "float32",
     progress: bool = True,
     log_path: str | os.PathLike | None = None,
+    **overrides,
 ):
-    """Trains `model` on `dataset.train` with Adam; returns `(model, history)`.
+    """Trains `model` on `dataset`; returns `(model, history)`.
+
+    Each step draws a minibatch, takes the gradient of the loss with respect to
+    the model's `nnx.Param`s and applies the optimizer's update; every
+    `eval_every` steps the validation loss is evaluated and the parameters with
+    the lowest one are kept.
 
     **Arguments:**
 
-    - `steps`: optimisation steps; `batch_size` windows per step, each cut at a
-      random position of a random training trajectory (the window length is
-      the model's: whole trajectories for the LSTM, short windows for the ODE
-      models).
-    - `key`: PRNG key; the run is deterministic given it.
-    - `lr`: peak learning rate of a linear-warm-up, cosine-decay schedule
-      (`warmup` steps, default 5% of `steps`); gradients clipped to global norm
-      `grad_clip`.
-    - `eval_every`: steps per compiled chunk; the validation loss on `val` is
-      evaluated after each, and the parameters with the lowest one are
-      returned. `patience`: stop after that many evaluations without
-      improvement (None: never stop early).
+    - `dataset`: a `dynamics.Dataset`: each step draws `batch_size` windows
+      `(B, W, state_dim)` cut at random positions of random `train` trajectories
+      (`W` is the model's `window_length`: whole trajectories for the LSTM,
+      short windows for the ODE models); validation on evenly spaced windows of
+      `val`; `model.prepare(dataset)` records `dt` and the normalisation
+      statistics first. Or, with `loss=`, any pytree of arrays (or None),
+      handed to the loss whole at every step (full-batch training, e.g.
+      `(x, dx)` derivative targets); then there is no validation, `batch_size`
+      and `patience` have no effect, the model is not prepared, and it may be
+      any `nnx.Module`.
+    - `key`: PRNG key; the run is deterministic given it. The batches and loss
+      keys of step `s` depend only on `(key, s)`.
+    - `config`: a `TrainConfig` (steps, batch size, learning rate, chunking,
+      early stopping, precision); `**overrides`: any of its fields as keywords,
+      replacing the config's (`fit(model, ds, key=k, steps=300, lr=3e-3)`
+      needs no config). `steps` must be given one way or the other.
+    - `optimizer`: any `optax.GradientTransformation`, updated with
+      `opt.update(grads, opt_state, params)` once per step (its own schedule
+      counts steps from 0). None: Adam on a linear-warm-up, cosine-decay
+      schedule peaking at `lr`, after clipping the gradients to global norm
+      `grad_clip`; with an optimizer of your own, passing `lr`, `warmup` or
+      `grad_clip` is an error (they would be ignored).
+    - `loss`: `loss(model, batch, key) -> scalar` minimised instead of
+      `model.loss(windows)`. `batch` is what the step draws from `dataset`
+      (above); `key` is a PRNG key of its own for each step, for losses that
+      draw their own samples (fresh random states every step, say). Validation
+      calls it on the validation windows with one fixed key. The default is
+      `model.loss(batch)`.
     - `checkpoint_dir`: orbax checkpoints after every chunk and a JSON-lines
-      log; a rerun with the same arguments resumes and ends with the same
-      parameters as an uninterrupted run.
-    - `precision`: `"float32"` or `"float64"` (needs `jax_enable_x64`).
-    - `progress`: show a progress bar; `log_path`: JSON-lines log without checkpoints.
+      log, beside `run.json`, which records the configuration (and the loss's
+      name and whether the optimizer is custom). A rerun with the same
+      arguments resumes and ends with the same parameters as an uninterrupted
+      run; one with a different configuration is refused. The parameters of a
+      custom loss or optimizer are not recorded: change them only with a fresh
+      directory.
+    - `progress`: show a progress bar; `log_path`: a JSON-lines log without checkpoints.
 
     **Returns:** the trained model (updated in place) and a list of records
-    `{chunk, step, train_loss, val_loss, seconds}`.
+    `{chunk, step, train_loss, val_loss, seconds}`, one per chunk (`train_loss`
+    the mean over the chunk's steps; `val_loss` None without validation).
 
-    **Raises:** `ValueError` for bad arguments; `TrainingDiverged` when the
-    loss becomes non-finite (the model keeps its last finite parameters).
+    **Raises:** `ValueError` for a bad value (`TrainConfig` names the field) or
+    data that do not suit the model; `TypeError` for an unknown keyword;
+    `TrainingDiverged` when the loss becomes non-finite (the model keeps its
+    last finite parameters).
     """
-    _validate(model, dataset, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-              patience=patience, precision=precision)
-    cfg = _config(steps, batch_size, lr, eval_every, patience, grad_clip, warmup, precision)
+    cfg = _resolve_config(config, overrides, custom_optimizer=optimizer is not None)
+    _validate(model, dataset, cfg, loss=loss)
+    loss = _model_loss if loss is None else loss
     (model,), history, state, diverged = _run(
-        [model], dataset, [key], cfg=cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-        log_path=log_path, strategy="single", desc=type(model).__name__,
+        [model], dataset, [key], cfg=cfg, optimizer=optimizer, loss=loss, checkpoint_dir=checkpoint_dir,
+        progress=progress, log_path=log_path, strategy="single", desc=type(model).__name__,
     )
     if diverged[0]:
         raise TrainingDiverged(int(state["diverged_step"][0]), float(state["last_loss"][0]), model)
@@ -460,27 +627,24 @@ def fit(
 
 
 def fit_ensemble(
-    make_model: Callable[[nnx.Rngs], AbstractModel],
+    make_model: Callable[[nnx.Rngs], nnx.Module],
     dataset,
     *,
     keys: Sequence[PRNGKeyArray],
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 1e-3,
+    config: TrainConfig | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: Loss | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
-    eval_every: int = 100,
-    patience: int | None = None,
-    grad_clip: float = 1.0,
-    warmup: int | None = None,
-    precision: str = "float32",
-    strategy: str | None = None,
+    strategy: Literal["vmap", "map"] | None = None,
     progress: bool = True,
+    **overrides,
 ):
     """Trains one member per key in one compiled program; returns `(ensemble, histories)`.
 
     Member `i` is `make_model(nnx.Rngs(keys[i]))`, trained exactly as
-    `fit(member, dataset, key=keys[i], ...)` would train it (same batches,
-    same early stopping), so the result equals training each alone. The
+    `fit(member, dataset, key=keys[i], ...)` would train it with the same
+    `config`, `optimizer`, `loss` and `**overrides` (see `fit`): same batches,
+    same early stopping, so the result equals training each alone. The
     parameters carry a leading member axis; they are sharded over all local
     devices (a `jax.sharding` mesh over the member axis) where there are
     several. `strategy`: `"vmap"` (one batched program; the default on
@@ -493,15 +657,17 @@ def fit_ensemble(
     keys = list(keys)
     if not keys:
         raise ValueError("keys must hold at least one PRNG key")
-    models = [make_model(nnx.Rngs(k)) for k in keys]
-    _validate(models[0], dataset, steps=steps, batch_size=batch_size, lr=lr, eval_every=eval_every,
-              patience=patience, precision=precision)
+    cfg = _resolve_config(config, overrides, custom_optimizer=optimizer is not None)
     if strategy is None:
         strategy = "map" if jax.default_backend() == "cpu" else "vmap"
-    cfg = _config(steps, batch_size, lr, eval_every, patience, grad_clip, warmup, precision)
+    if strategy not in ("vmap", "map"):
+        raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
+    models = [make_model(nnx.Rngs(k)) for k in keys]
+    _validate(models[0], dataset, cfg, loss=loss)
+    loss = _model_loss if loss is None else loss
     models, history, state, diverged = _run(
-        models, dataset, keys, cfg=cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-        log_path=None, strategy=strategy, desc=f"ensemble of {len(models)}",
+        models, dataset, keys, cfg=cfg, optimizer=optimizer, loss=loss, checkpoint_dir=checkpoint_dir,
+        progress=progress, log_path=None, strategy=strategy, desc=f"ensemble of {len(models)}",
     )
     histories = [_history_of(history, i) for i in range(len(models))]
     if diverged.any():

@@ -1,12 +1,15 @@
 """experiments.reproduce: the HNN code's data sets, and an end-to-end run of the `tiny` preset."""
 
+import ast
 import csv
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -114,3 +117,108 @@ def test_tiny_run_end_to_end_and_resume(tmp_path):
     assert sum("skipped" in m for m in messages) == 3, messages
     with (tmp_path / "reproduce.csv").open(newline="") as f:
         assert list(csv.DictReader(f)) == rows
+
+
+# ------------------------------------------------------------------ the command line
+def _changed_flag(name, value):
+    """A command-line flag that sets field `name` to something other than `value`, and that value."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return ([f"--no-{flag[2:]}"] if value else [flag]), not value
+    if isinstance(value, tuple):
+        new = tuple(v + 5 for v in value) + (99,)
+        return [flag, *map(str, new)], new
+    new = value * 2 if isinstance(value, float) else value + 1
+    return [flag, str(new)], new
+
+
+def test_preset_picks_the_defaults_of_every_flag():
+    assert R.parse([]).budgets == R.PRESETS["quick"] and R.parse([]).preset == "quick"
+    for name in R.PRESETS:
+        cmd = R.parse(["--preset", name])
+        assert cmd.budgets == R.PRESETS[name] and cmd.preset == name
+    assert R.parse(["--preset=tiny"]).budgets == R.PRESETS["tiny"]
+    cmd = R.parse(["--hnn-steps", "7", "--preset", "tiny", "--no-time-rescale", "--lnn-seeds", "3", "4"])
+    assert cmd.budgets == dataclasses.replace(R.PRESETS["tiny"], hnn_steps=7, time_rescale=False, lnn_seeds=(3, 4))
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(R.Preset) if f.name != "name"])
+def test_every_preset_field_is_a_flag_recorded_in_its_tasks_hash(field):
+    tiny = R.PRESETS["tiny"]
+    argv, value = _changed_flag(field, getattr(tiny, field))
+    changed = R.parse(["--preset", "tiny", *argv]).budgets
+    assert getattr(changed, field) == value
+    assert changed == dataclasses.replace(tiny, **{field: value})
+    dp = field.startswith("lnn_")
+    for task in R.TASKS:
+        moved = changed.config_hash(task) != tiny.config_hash(task)
+        assert moved == (dp == (task == "double_pendulum")), (field, task)
+
+
+def test_bad_budgets_are_refused():
+    with pytest.raises(ValueError, match="hnn_steps"):
+        dataclasses.replace(R.PRESETS["tiny"], hnn_steps=0)
+    with pytest.raises(ValueError, match="lnn_seeds"):
+        dataclasses.replace(R.PRESETS["tiny"], lnn_seeds=())
+
+
+# ------------------------------------------------------------------ training through models.fit
+def test_reproduce_imports_no_private_names_of_other_packages():
+    """Absolute imports (models, dynamics, third parties) use public names only; the package's
+    own modules and `experiments._runtime` are reached relatively."""
+    pkg = ROOT / "experiments" / "reproduce"
+    for path in sorted(pkg.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+                assert not any(p.startswith("_") for p in node.module.split(".")), (path.name, node.module)
+                assert not any(a.name.startswith("_") for a in node.names), (path.name, node.module)
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    assert not any(p.startswith("_") for p in a.name.split(".")), (path.name, a.name)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id in ("models", "dynamics"):
+                    assert not node.attr.startswith("_"), (path.name, node.attr)
+
+
+@pytest.fixture
+def fit_calls(monkeypatch):
+    import models
+
+    calls = []
+    real_fit = models.fit
+
+    def spy(model, dataset, **kwargs):
+        calls.append(dict(kwargs, model=type(model).__name__, dataset=dataset))
+        return real_fit(model, dataset, **kwargs)
+
+    monkeypatch.setattr(models, "fit", spy)
+    return calls
+
+
+def test_hnn_tasks_train_through_models_fit(fit_calls):
+    preset = dataclasses.replace(R.PRESETS["tiny"], hnn_steps=3, hnn_energy_rollouts=1)
+    res = R.run_hnn_task("mass_spring", 0, preset)
+    assert [c["model"] for c in fit_calls] == ["NeuralODE", "HNN"]
+    data = R.hnn_dataset("mass_spring", 0)
+    for c in fit_calls:
+        assert c["optimizer"] is R.hnn_optimizer() and c["loss"] is R.derivative_mse and c["steps"] == 3
+        x, dx = c["dataset"]  # the full batch of derivative targets
+        np.testing.assert_allclose(x, data["x"], rtol=1e-6)
+        np.testing.assert_allclose(dx, data["dx"], rtol=1e-6)
+    for label in ("baseline", "HNN"):
+        assert np.isfinite(res[label]["test_loss"]) and np.isfinite(res[label]["final_train_loss"])
+
+
+def test_double_pendulum_trains_through_models_fit_and_divergence_is_training_diverged(fit_calls, monkeypatch):
+    import models
+
+    preset = dataclasses.replace(R.PRESETS["tiny"], lnn_steps=3, lnn_rollouts=1, lnn_t_end=0.2)
+    res = R.run_dp("baseline", 0, preset)
+    (call,) = fit_calls
+    assert call["dataset"] is None and call["loss"] is R.dp_loss(preset.lnn_batch)
+    assert call["optimizer"] is R.lnn_optimizer(3, preset.lnn_lr)
+    assert np.isfinite(res["test_loss"])
+    # targets that turn non-finite (another batch size: a loss of its own, compiled afresh)
+    monkeypatch.setattr(R._lnn, "dp_accelerations", lambda y: jnp.full((y.shape[0], 2), jnp.nan))
+    with pytest.raises(models.TrainingDiverged, match="at step 0"):
+        R.run_dp("baseline", 0, dataclasses.replace(preset, lnn_batch=17))

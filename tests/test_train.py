@@ -8,6 +8,7 @@ compiled training chunk.
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -295,3 +297,210 @@ def test_fit_ensemble_refuses_bad_input(ds):
         m.fit_ensemble(make_model, ds, keys=[jax.random.key(0)], steps=10, strategy="pmap", progress=False)
     with pytest.raises(ValueError, match="steps"):
         m.fit_ensemble(make_model, ds, keys=[jax.random.key(0)], steps=0)
+
+
+# ------------------------------------------------------------------ TrainConfig
+CONFIG_FIELDS = {k: v for k, v in FIT.items() if k != "progress"}
+#: the configuration without the default optimizer's fields (they are refused beside optimizer=)
+NO_OPT_FIELDS = {k: v for k, v in FIT.items() if k not in ("lr",)}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("steps", 0), ("steps", 2.5), ("steps", True), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")),
+     ("lr", "0.1"), ("eval_every", 0), ("patience", 0), ("grad_clip", 0.0), ("grad_clip", float("nan")),
+     ("warmup", -1), ("precision", "float16")],
+)
+def test_train_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=rf"{field} must .* got {re.escape(repr(value))}"):
+        m.TrainConfig(**{"steps": 10, field: value})
+
+
+def test_train_config_holds_plain_numbers_and_resolves_warmup():
+    cfg = m.TrainConfig(steps=np.int64(200), batch_size=np.int32(4), lr=np.float32(0.5))
+    assert type(cfg.steps) is int and type(cfg.batch_size) is int and type(cfg.lr) is float
+    assert cfg.warmup_steps == 10 and cfg.as_dict()["warmup"] == 10
+    assert dataclasses.replace(cfg, warmup=3).as_dict()["warmup"] == 3
+    json.dumps(cfg.as_dict())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+
+
+def test_unknown_or_missing_configuration_keywords_are_refused(ds):
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match="'stepz'"):
+        m.fit(make_model(nnx.Rngs(key)), ds, key=key, stepz=10, progress=False)
+    with pytest.raises(TypeError, match="'learning_rate'"):
+        m.fit_ensemble(make_model, ds, keys=[key], steps=10, learning_rate=1e-3, progress=False)
+    with pytest.raises(ValueError, match="steps is required"):
+        m.fit(make_model(nnx.Rngs(key)), ds, key=key, progress=False)
+    with pytest.raises(ValueError, match="lr .*default optimizer"):
+        m.fit(make_model(nnx.Rngs(key)), ds, key=key, steps=10, lr=1e-3, optimizer=optax.sgd(1e-3))
+    with pytest.raises(TypeError, match="TrainConfig"):
+        m.fit(make_model(nnx.Rngs(key)), ds, key=key, config=dict(steps=10))
+
+
+def test_config_object_equals_keywords_and_overrides_replace_fields(ds, solo):
+    cfg = m.TrainConfig(**CONFIG_FIELDS)
+    key = jax.random.key(SEEDS[0])
+    model, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, config=cfg, progress=False)
+    assert_same_params(params_of(model), solo[0][0])
+    assert curve(history) == curve(solo[0][1])
+    # a keyword replaces the config's field
+    model, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, config=dataclasses.replace(cfg, steps=10),
+                           steps=FIT["steps"], progress=False)
+    assert_same_params(params_of(model), solo[0][0])
+
+
+def test_fit_and_fit_ensemble_agree_on_one_config(ds):
+    """One TrainConfig, with the patience and warm-up fields set, a custom loss and optimizer."""
+    cfg = m.TrainConfig(steps=30, batch_size=4, lr=5e-3, eval_every=10, patience=2, warmup=3, precision="float64")
+    keys = [jax.random.key(s) for s in SEEDS[:2]]
+    alone = [params_of(m.fit(make_model(nnx.Rngs(k)), ds, key=k, config=cfg, progress=False)[0]) for k in keys]
+    members, _ = m.fit_ensemble(make_model, ds, keys=keys, config=cfg, strategy="map", progress=False)
+    for a, b in zip(alone, members):
+        assert_same_params(a, params_of(b), rtol=1e-10)
+    assert not np.allclose(out_kernel(alone[0]), out_kernel(alone[1]))
+
+
+# ------------------------------------------------------------------ optimizer= and loss=
+def test_custom_optimizer_is_used(ds, solo):
+    key = jax.random.key(SEEDS[0])
+    initial = params_of(make_model(nnx.Rngs(key)))
+    frozen, _ = m.fit(make_model(nnx.Rngs(key)), ds, key=key, optimizer=optax.sgd(0.0), **NO_OPT_FIELDS)
+    assert_same_params(params_of(frozen), initial)  # a zero learning rate: nothing moves
+    sgd, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, optimizer=optax.sgd(1e-2), **NO_OPT_FIELDS)
+    sgd = params_of(sgd)
+    assert not np.allclose(out_kernel(sgd), out_kernel(initial))
+    assert not np.allclose(out_kernel(sgd), out_kernel(solo[0][0]))  # and not what Adam gives
+    assert history[-1]["val_loss"] < history[0]["val_loss"]  # but it learns
+
+
+class Scalar(nnx.Module):
+    """One learnable number (or vector): the simplest model a custom loss can train."""
+
+    def __init__(self, shape=()):
+        self.w = nnx.Param(jnp.zeros(shape))
+
+
+def test_custom_loss_is_used_on_trajectories(ds):
+    """A loss whose minimum is known (every parameter 0.5) on the dataset's windows."""
+    shapes = []
+
+    def to_half(model, windows, key):
+        shapes.append(windows.shape)  # at tracing
+        return sum(jnp.sum((p - 0.5) ** 2) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+    key = jax.random.key(SEEDS[0])
+    model, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, loss=to_half, optimizer=optax.sgd(0.25),
+                           **NO_OPT_FIELDS)
+    for name, p in params_of(model).items():
+        np.testing.assert_allclose(p, 0.5, atol=1e-12, err_msg=name)
+    assert history[-1]["val_loss"] < 1e-20  # validation uses the same loss
+    assert shapes[0] == (FIT["batch_size"], ARCH["window"], ds.state_dim)  # the drawn windows
+    assert shapes[-1][1:] == (ARCH["window"], ds.state_dim)  # the validation windows
+
+
+def test_custom_loss_on_full_batch_data():
+    """Least squares through `fit`: any pytree of arrays is handed to the loss whole."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    w_true = np.array([0.5, -1.0, 2.0])
+    data = {"x": x, "y": x @ w_true}
+
+    def lstsq(model, batch, key):
+        assert batch["x"].shape == (64, 3)
+        return jnp.mean((batch["x"] @ model.w[...] - batch["y"]) ** 2)
+
+    model, history = m.fit(Scalar((3,)), data, key=jax.random.key(0), loss=lstsq, steps=400, eval_every=100,
+                           lr=0.05, precision="float64", progress=False)  # the default Adam schedule
+    np.testing.assert_allclose(model.w[...], w_true, atol=1e-3)
+    assert [r["val_loss"] for r in history] == [None] * 4  # no validation without trajectories
+
+
+def test_loss_keys_depend_on_the_step_alone():
+    """With `sgd(0.5)` on `sum((w - z)^2)`, each step sets `w = z`, the loss's own draw: so the final
+    `w` shows the key of the last step: the same for any chunking, other for another step."""
+    def follow(model, batch, key):
+        return jnp.sum((model.w[...] - jax.random.normal(key, model.w.shape)) ** 2)
+
+    def run(steps, eval_every, seed=0):
+        model, _ = m.fit(Scalar((4,)), None, key=jax.random.key(seed), loss=follow, optimizer=optax.sgd(0.5),
+                         steps=steps, eval_every=eval_every, precision="float64", progress=False)
+        return np.asarray(model.w[...])
+
+    a = run(6, 2)
+    np.testing.assert_array_equal(a, run(6, 3))
+    assert not np.allclose(a, run(5, 5))
+    assert not np.allclose(a, run(6, 2, seed=1))
+    assert 0.3 < np.std(np.stack([run(n, n) for n in range(1, 6)])) < 3  # fresh normal draws
+
+
+def test_custom_loss_divergence_keeps_the_last_finite_parameters():
+    """`w` walks from 0 towards 10, `w_k = 10 (1 - 0.9^k)`; the loss is NaN once `w > 5`, first at k = 7."""
+    def nan_past_five(model, batch, key):
+        w = model.w[...]
+        return jnp.where(w > 5.0, jnp.nan, (w - 10.0) ** 2)
+
+    model = Scalar()
+    with pytest.raises(m.TrainingDiverged) as info:
+        m.fit(model, None, key=jax.random.key(0), loss=nan_past_five, optimizer=optax.sgd(0.05), steps=20,
+              eval_every=5, precision="float64", progress=False)
+    assert info.value.step == 7
+    np.testing.assert_allclose(float(model.w[...]), 10 * (1 - 0.9**7), rtol=1e-12)
+    np.testing.assert_allclose(info.value.last_finite_loss, (10 * 0.9**6) ** 2, rtol=1e-12)
+
+
+def test_data_without_a_loss_are_refused():
+    with pytest.raises(ValueError, match="needs loss="):
+        m.fit(Scalar(), {"x": np.zeros(3)}, key=jax.random.key(0), steps=5)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        m.fit(Scalar(), {"x": np.array([0.0, np.nan])}, key=jax.random.key(0), steps=5, loss=lambda m, b, k: 0.0)
+
+
+def noisy_windows_loss(model, windows, key):
+    """The model's loss on windows with 1% multiplicative noise drawn from the step's key."""
+    return model.loss(windows * (1 + 0.01 * jax.random.normal(key, windows.shape)))
+
+
+#: a custom optimizer with a schedule (its step count lives in the optimizer state)
+CUSTOM_OPT = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(1e-2, 60)))
+
+
+def test_resumed_fit_with_custom_loss_and_optimizer_equals_uninterrupted(ds, workdir, monkeypatch):
+    key = jax.random.key(SEEDS[1])
+    kw = dict(key=key, loss=noisy_windows_loss, optimizer=CUSTOM_OPT, **NO_OPT_FIELDS)
+    whole, whole_history = m.fit(make_model(nnx.Rngs(key)), ds, **kw)
+
+    ckpt = workdir / "ckpt_custom"
+    saves = []
+    original_save = train_mod._Checkpoints.save
+
+    def interrupted_save(self, chunk, state, record):
+        original_save(self, chunk, state, record)
+        saves.append(chunk)
+        if chunk == 4:
+            raise KeyboardInterrupt  # as if killed right after the fourth checkpoint
+
+    monkeypatch.setattr(train_mod._Checkpoints, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(make_model(nnx.Rngs(key)), ds, checkpoint_dir=ckpt, **kw)
+    assert saves == [1, 2, 3, 4]
+    resumed, history = m.fit(make_model(nnx.Rngs(key)), ds, checkpoint_dir=ckpt, **kw)
+    assert saves == list(range(1, N_CHUNKS + 1))  # the rerun started at chunk 5
+    assert_same_params(params_of(resumed), params_of(whole))
+    assert curve(history) == curve(whole_history)
+    # the directory records the custom loss and optimizer: a default run is refused there
+    run = json.loads((ckpt / "run.json").read_text())
+    assert run["loss"].endswith("noisy_windows_loss") and run["optimizer"] == "custom"
+    with pytest.raises(ValueError, match="different arguments"):
+        m.fit(make_model(nnx.Rngs(key)), ds, key=key, checkpoint_dir=ckpt, **NO_OPT_FIELDS)
+
+
+def test_ensemble_with_custom_loss_and_optimizer_equals_members_alone(ds):
+    keys = [jax.random.key(s) for s in SEEDS[:2]]
+    kw = dict(loss=noisy_windows_loss, optimizer=CUSTOM_OPT, **NO_OPT_FIELDS)
+    alone = [params_of(m.fit(make_model(nnx.Rngs(k)), ds, key=k, **kw)[0]) for k in keys]
+    members, _ = m.fit_ensemble(make_model, ds, keys=keys, strategy="map", **kw)
+    for a, b in zip(alone, members):
+        assert_same_params(a, params_of(b), rtol=1e-10)
