@@ -314,3 +314,35 @@ def test_whole_study_writes_attribution_and_probes_under_out(tmp_path):
                    cwd=ROOT, env=subprocess_env(tmp_path / "cache"), check=True, capture_output=True,
                    timeout=SUBPROCESS_TIMEOUT)
     assert (redrawn / "motivating_CoupledPendulums.png").exists()
+
+
+def test_every_pair_of_the_full_preset_runs_end_to_end_from_the_command_line(tmp_path):
+    """Every (system, model) of the `full` preset, through `experiments.study` with tiny budgets
+    set by flags: each run ends `ok` or `n/a` with a reason, no label repeats on a system, and
+    attribution, probes and figures come out (steps that cannot run at these sizes are
+    recorded with their reason)."""
+    out = tmp_path / "full"
+    flags = ["--steps", "2", "--eval-every", "1", "--seeds", "0", "--n-train", "2", "--n-val", "1",
+             "--n-test", "2", "--t-train", "1", "--t-end", "2", "--dt", "0.1", "--context", "3",
+             "--window", "3", "--width", "4", "--hidden", "4", "--batch-size", "2", "--attr-traj", "1",
+             "--attr-horizons", "2", "--ig-steps", "2"]
+    p = subprocess.run(study_command("study", "--preset", "full", "--out", str(out), "--no-progress", *flags),
+                       cwd=ROOT, env=subprocess_env(tmp_path / "cache"), capture_output=True, text=True,
+                       timeout=SUBPROCESS_TIMEOUT)
+    assert p.returncode == 0, p.stderr[-5000:]
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    full = PRESETS["full"]
+    assert len(rows) == len(full.systems) * len(full.models)
+    assert {r["status"] for r in rows} <= {"ok", "n/a"}, [(r["system"], r["model"], r["reason"]) for r in rows
+                                                         if r["status"] not in ("ok", "n/a")]
+    assert all(r["reason"] for r in rows if r["status"] == "n/a")
+    for system in {r["system"] for r in rows}:
+        labels = [r["model"] for r in rows if r["system"] == system]
+        assert len(labels) == len(set(labels)), labels
+    huygens = {r["model"]: r["status"] for r in rows if r["system"] == "HuygensClocks"}
+    assert huygens["OscillatorModel(k=2)"] == "ok" and "OscillatorModel(k=3)" not in huygens
+    with open(out / "attribution.csv") as f:
+        attributed = {(r["system"], r["model"]) for r in csv.DictReader(f)}
+    assert attributed == {(r["system"], r["model"]) for r in rows if r["status"] == "ok"}
+    assert (out / "figures" / "interp_vs_extrap.png").exists()
