@@ -228,11 +228,14 @@ def test_attribution_on_an_empty_directory_trains_what_it_needs_or_fails_loudly(
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     cache = tmp_path / "cache"
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    cmd = functools.partial(study_command, "extrapolation", "--preset", "tiny", "--no-progress", "--out")
+    # 300 steps in chunks of 20: a long window in which the LSTM is killed mid-training, however
+    # loaded the machine (the poll below may sleep for seconds)
+    cmd = functools.partial(study_command, "extrapolation", "--preset", "tiny", "--steps", "300",
+                            "--eval-every", "20", "--no-progress", "--out")
     subprocess.run(cmd(str(ref)), cwd=ROOT, env=subprocess_env(cache), check=True, capture_output=True,
                    timeout=SUBPROCESS_TIMEOUT)
 
-    preset = PRESETS["tiny"]
+    preset = _tiny(steps=300, eval_every=20)
     spec, system = preset.systems[0], preset.systems[0].build()
     first_key, _ = RunKey.of(spec, system, preset.models[0], preset, seed=0, n_train=8)
     lstm_key, _ = RunKey.of(spec, system, preset.models[1], preset, seed=0, n_train=8)
@@ -346,3 +349,18 @@ def test_every_pair_of_the_full_preset_runs_end_to_end_from_the_command_line(tmp
         attributed = {(r["system"], r["model"]) for r in csv.DictReader(f)}
     assert attributed == {(r["system"], r["model"]) for r in rows if r["status"] == "ok"}
     assert (out / "figures" / "interp_vs_extrap.png").exists()
+
+
+def test_the_readme_example_of_a_users_system_model_and_preset_runs(tmp_path):
+    """The README's `mystudy.py`, executed as written, plugs into the study."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\n# mystudy.py") + len("```python\n")
+    namespace: dict = {}
+    exec(compile(text[start:text.index("```\n", start)], "mystudy.py", "exec"), namespace)
+    preset = dataclasses.replace(namespace["PRESET"], models=namespace["PRESET"].models[1:], n_train=(2,),
+                                 n_val=1, n_test=2, t_train=2.0, t_end=3.0, dt=0.1, context=5, steps=20,
+                                 eval_every=10, width=8, window=5)
+    rows = extrapolation.run(preset, Output(tmp_path), progress=False)
+    assert [(r["model"], r["status"]) for r in rows] == [("OscillatorModel(k=3)", "ok"), ("MyODE", "ok")]
+    system = preset.systems[0].build()
+    assert system.conservative and system.natural_frequencies().shape == (3,)

@@ -28,7 +28,7 @@ import models as m
 import models.train as train_mod
 
 ARCH = dict(width=8, depth=1, window=5)
-FIT = dict(steps=60, eval_every=5, batch_size=8, lr=1e-2, precision="float64", progress=False)
+FIT = dict(steps=300, eval_every=5, batch_size=8, lr=1e-2, precision="float64", progress=False)
 N_CHUNKS = FIT["steps"] // FIT["eval_every"]
 SEEDS = [10, 11, 12, 13]
 ROOT = Path(__file__).resolve().parents[1]
