@@ -8,9 +8,9 @@ import os as _os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     _os.environ.setdefault(_var, "1")
 
-from .presets import PRESETS as PRESETS, Preset as Preset, get_preset as get_preset  # noqa: E402
-from .runs import Output as Output, RunKey as RunKey  # noqa: E402
-from .specs import (  # noqa: E402
+from .presets import PRESETS as PRESETS, Preset as Preset, get_preset as get_preset
+from .runs import Output as Output, RunKey as RunKey
+from .specs import (
     ModelSpec as ModelSpec,
     OscillatorSpec as OscillatorSpec,
     SystemSpec as SystemSpec,

@@ -7,7 +7,6 @@ import statistics
 import time
 
 
-
 def _median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -66,6 +65,7 @@ def _jax_lstm_step(hidden, batch, seq, channels, members=1, call="batch"):
         return optax.apply_updates(p, u), s, l
 
     if members == 1:  # one LSTM: no member axis at all, as `fit` runs one model
+
         def single(p, s, x):
             sq = lambda t: jax.tree.map(lambda a: a[0], t)  # noqa: E731
             return jax.tree.map(lambda a: a[None], step(sq(p), sq(s), x[0]))
@@ -124,9 +124,13 @@ def lstm_step(*, hidden=128, batch=64, seq=200, channels=8, repeats=20) -> dict:
     jax_run, compile_s = _jax_lstm_step(hidden, batch, seq, channels)
     jax_vmap_run, _ = _jax_lstm_step(hidden, batch, seq, channels, call="vmap")
     torch_run = _torch_lstm_step(hidden, batch, seq, channels)
-    threads = lambda n: (lambda: torch.set_num_threads(n))  # noqa: E731
-    runs = {"jax": (lambda: None, jax_run), "jax_vmap": (lambda: None, jax_vmap_run),
-            "torch": (threads(n_cpu), torch_run), "torch_1": (threads(1), torch_run)}
+    threads = lambda n: lambda: torch.set_num_threads(n)  # noqa: E731
+    runs = {
+        "jax": (lambda: None, jax_run),
+        "jax_vmap": (lambda: None, jax_vmap_run),
+        "torch": (threads(n_cpu), torch_run),
+        "torch_1": (threads(1), torch_run),
+    }
     for setup, fn in runs.values():  # warm-up (torch: both thread pools)
         setup()
         fn()
@@ -135,11 +139,17 @@ def lstm_step(*, hidden=128, batch=64, seq=200, channels=8, repeats=20) -> dict:
     torch.set_num_threads(n_cpu)
     return {
         "sizes": {"hidden": hidden, "batch": batch, "seq": seq, "channels": channels},
-        "jax_step_seconds": t["jax"], "jax_vmap_step_seconds": t["jax_vmap"],
-        "torch_step_seconds": t["torch"], "torch_1_thread_step_seconds": t["torch_1"],
+        "jax_step_seconds": t["jax"],
+        "jax_vmap_step_seconds": t["jax_vmap"],
+        "torch_step_seconds": t["torch"],
+        "torch_1_thread_step_seconds": t["torch_1"],
         "jax_compile_seconds": compile_s,
-        "speedup_vs_torch": t_torch_best / t["jax"], "speedup_vmap_vs_torch": t_torch_best / t["jax_vmap"],
-        "torch_version": torch.__version__, "torch_threads": n_cpu, "repeats": repeats, "goal": ">= 1.0",
+        "speedup_vs_torch": t_torch_best / t["jax"],
+        "speedup_vmap_vs_torch": t_torch_best / t["jax_vmap"],
+        "torch_version": torch.__version__,
+        "torch_threads": n_cpu,
+        "repeats": repeats,
+        "goal": ">= 1.0",
     }
 
 
@@ -151,8 +161,12 @@ def lstm_ensemble(*, members=8, hidden=128, batch=64, seq=200, channels=8, repea
     t_jax = _median_time(jax_run, repeats)
     t_torch = _median_time(torch_run, repeats) * members
     return {
-        "members": members, "jax_seconds_all_members": t_jax, "torch_seconds_all_members_in_turn": t_torch,
-        "throughput_ratio_vs_torch": t_torch / t_jax, "jax_compile_seconds": compile_s, "goal": ">= 1.0 (CPU)",
+        "members": members,
+        "jax_seconds_all_members": t_jax,
+        "torch_seconds_all_members_in_turn": t_torch,
+        "throughput_ratio_vs_torch": t_torch / t_jax,
+        "jax_compile_seconds": compile_s,
+        "goal": ">= 1.0 (CPU)",
     }
 
 
@@ -166,8 +180,16 @@ def hnn_ensemble(*, members=32, width=64, steps=200) -> dict:
     import models
 
     system = dynamics.CoupledPendulums(omega=[1.0, 1.1], coupling=dynamics.chain_coupling(2, 0.2))
-    ds = dynamics.make_dataset(system, key=jax.random.key(0), n_train=16, n_val=4, n_test=2,
-                               dt=0.1, t_train=5.0, t_end=10.0)
+    ds = dynamics.make_dataset(
+        system,
+        key=jax.random.key(0),
+        n_train=16,
+        n_val=4,
+        n_test=2,
+        dt=0.1,
+        t_train=5.0,
+        t_end=10.0,
+    )
     keys = [jax.random.key(i) for i in range(members)]
     make = lambda rngs: models.HNN(ds.state_dim, width=width, depth=2, rngs=rngs)  # noqa: E731
     kw = dict(steps=steps, batch_size=32, lr=1e-3, eval_every=steps, progress=False)
@@ -180,7 +202,9 @@ def hnn_ensemble(*, members=32, width=64, steps=200) -> dict:
         t0 = time.perf_counter()
         models.fit_ensemble(make, ds, keys=keys, strategy=strategy, **kw)
         out[f"fit_ensemble_{strategy}_seconds"] = time.perf_counter() - t0
-        out[f"speedup_{strategy}"] = out["separate_fits_seconds"] / out[f"fit_ensemble_{strategy}_seconds"]
+        out[f"speedup_{strategy}"] = (
+            out["separate_fits_seconds"] / out[f"fit_ensemble_{strategy}_seconds"]
+        )
     out["goal"] = "fit_ensemble never slower than separate fits on the CPU (default strategy)"
     out["default_strategy"] = "map" if jax.default_backend() == "cpu" else "vmap"
     return out
@@ -211,7 +235,9 @@ def ig_memory(*, steps=1000, seq=200, hidden=128, channels=8, chunk_sizes=(16, 6
     for c in chunk_sizes:
         f = jax.jit(lambda x, c=c: A.integrated_gradients(fn, x, steps=steps, chunk_size=c))
         mem = f.lower(xs).compile().memory_analysis()
-        out[f"temp_bytes_chunk_{c}"] = int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else None
+        out[f"temp_bytes_chunk_{c}"] = (
+            int(getattr(mem, "temp_size_in_bytes", -1)) if mem is not None else None
+        )
     return out
 
 
@@ -229,8 +255,22 @@ def study_wall_time(*, preset="quick") -> dict:
         env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(Path(tmp) / "cache"))
         for run in ("cold_cache", "warm_cache"):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "experiments.study", "--preset", preset, "--out",
-                            str(Path(tmp) / run), "--figures", str(Path(tmp) / f"fig_{run}"),
-                            "--no-progress"], check=True, env=env, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "experiments.study",
+                    "--preset",
+                    preset,
+                    "--out",
+                    str(Path(tmp) / run),
+                    "--figures",
+                    str(Path(tmp) / f"fig_{run}"),
+                    "--no-progress",
+                ],
+                check=True,
+                env=env,
+                capture_output=True,
+            )
             out[f"{run}_seconds"] = time.perf_counter() - t0
     return out

@@ -30,8 +30,17 @@ from .presets import Preset, cli
 from .runs import Output
 from .specs import config_hash
 
-ATTR_COLUMNS = ("system", "model", "n_train", "method", "split", "coupling_auroc", "jacobian_spearman",
-                "n_traj", "reason")
+ATTR_COLUMNS = (
+    "system",
+    "model",
+    "n_train",
+    "method",
+    "split",
+    "coupling_auroc",
+    "jacobian_spearman",
+    "n_traj",
+    "reason",
+)
 PROBE_COLUMNS = ("system", "model", "n_train", "quantity", "split", "r2", "control_r2", "reason")
 METHODS = ("saliency", "gradient_x_input", "integrated_gradients")
 
@@ -58,8 +67,11 @@ def _forecast_attributions(model, context, horizons, *, ig_steps: int = 16):
     dt = context.dtype
     along = jax.lax.map(lambda a: jac(a * context), jnp.asarray(alphas, dt))  # the path's nodes
     ig = jnp.tensordot(jnp.asarray(weights, dt), along, axes=1) * context
-    return full, {"saliency": full.sum(2), "gradient_x_input": (full * context).sum(2),
-                  "integrated_gradients": ig.sum(2)}
+    return full, {
+        "saliency": full.sum(2),
+        "gradient_x_input": (full * context).sum(2),
+        "integrated_gradients": ig.sum(2),
+    }
 
 
 def _nanmean(values, axis=None):
@@ -75,7 +87,6 @@ def attribute_model(model, ds, preset: Preset):
     """Scores of every method for one model; also returns the maps drawn in the figures."""
     import jax
     import jax.numpy as jnp
-
     from flax import nnx
 
     import models
@@ -85,15 +96,21 @@ def attribute_model(model, ds, preset: Preset):
     n_traj, n_horizons = min(preset.attr_traj, ds.test.shape[0]), preset.attr_horizons
     t_c = ds.ts[C - 1]
     total = len(ds.ts) - C
-    horizons = np.unique(np.geomspace(1, total, n_horizons).astype(int)) - 1  # steps after the context
+    horizons = (
+        np.unique(np.geomspace(1, total, n_horizons).astype(int)) - 1
+    )  # steps after the context
     ts_abs = t_c + (horizons + 1) * dt
     graph = np.asarray(system.coupling_graph())
-    fwd = jax.jit(lambda ctx: _forecast_attributions(model, ctx, horizons, ig_steps=preset.ig_steps))
+    fwd = jax.jit(
+        lambda ctx: _forecast_attributions(model, ctx, horizons, ig_steps=preset.ig_steps)
+    )
     rows, maps = [], {}
     true_all = []
     for i in range(n_traj):
         y_c = jnp.asarray(ds.test[i, C - 1])
-        tj = A.true_jacobian(system, y_c, jnp.concatenate([jnp.asarray([t_c]), jnp.asarray(ts_abs)]))[1:]
+        tj = A.true_jacobian(
+            system, y_c, jnp.concatenate([jnp.asarray([t_c]), jnp.asarray(ts_abs)])
+        )[1:]
         true_all.append(np.asarray(tj))
     dtype = jax.tree.leaves(nnx.state(model))[0].dtype
     per: dict[str, list] = {m: [] for m in METHODS}
@@ -105,8 +122,11 @@ def attribute_model(model, ds, preset: Preset):
             attr = np.asarray(attrs[method], dtype=np.float64)
             if not np.all(np.isfinite(attr)):
                 continue
-            per[method].append(A.score_by_horizon(attr, true_all[i], graph, ts_abs, ds.t_train,
-                                                  state_layout=system))
+            per[method].append(
+                A.score_by_horizon(
+                    attr, true_all[i], graph, ts_abs, ds.t_train, state_layout=system
+                )
+            )
             if i == 0:
                 maps[method] = attr
     for method in METHODS:
@@ -114,17 +134,28 @@ def attribute_model(model, ds, preset: Preset):
         for split in ("inside", "beyond"):
             au = [float(getattr(s, f"auroc_{split}")) for s in scores]
             sp = [float(getattr(s, f"spearman_{split}")) for s in scores]
-            rows.append({"method": method, "split": split, "coupling_auroc": float(_nanmean(au)),
-                         "jacobian_spearman": float(_nanmean(sp)), "n_traj": len(scores)})
+            rows.append(
+                {
+                    "method": method,
+                    "split": split,
+                    "coupling_auroc": float(_nanmean(au)),
+                    "jacobian_spearman": float(_nanmean(sp)),
+                    "n_traj": len(scores),
+                }
+            )
         if scores:
             maps[f"{method}_auroc_by_horizon"] = _nanmean([np.asarray(s.auroc) for s in scores], 0)
-            maps[f"{method}_spearman_by_horizon"] = _nanmean([np.asarray(s.spearman) for s in scores], 0)
+            maps[f"{method}_spearman_by_horizon"] = _nanmean(
+                [np.asarray(s.spearman) for s in scores], 0
+            )
             maps["true_auroc_by_horizon"] = _nanmean([np.asarray(s.true_auroc) for s in scores], 0)
     per = per["saliency"]
     # saliency of q_1 over (time lag, oscillator) at the last horizon inside and beyond the window
     member = A.oscillator_membership(system, ds.state_dim)
-    for split, h_idx in (("inside", np.flatnonzero(ts_abs <= ds.t_train)),
-                         ("beyond", np.flatnonzero(ts_abs > ds.t_train))):
+    for split, h_idx in (
+        ("inside", np.flatnonzero(ts_abs <= ds.t_train)),
+        ("beyond", np.flatnonzero(ts_abs > ds.t_train)),
+    ):
         if h_idx.size:
             lag = full0[h_idx[-1], 0]  # (C, D): d yhat_1(h) / d context
             maps[f"lag_map_{split}"] = (np.abs(lag) @ member.T)[::-1]  # lag 0 first
@@ -134,16 +165,33 @@ def attribute_model(model, ds, preset: Preset):
         inside = ts_abs <= ds.t_train
         ta = _nanmean([np.asarray(s.true_auroc) for s in per], 0)
         for split, mask in (("inside", inside), ("beyond", ~inside)):
-            rows.append({"method": "true_jacobian", "split": split,
-                         "coupling_auroc": float(_nanmean(ta[mask])) if mask.any() else np.nan,
-                         "jacobian_spearman": 1.0, "n_traj": len(per)})
+            rows.append(
+                {
+                    "method": "true_jacobian",
+                    "split": split,
+                    "coupling_auroc": float(_nanmean(ta[mask])) if mask.any() else np.nan,
+                    "jacobian_spearman": 1.0,
+                    "n_traj": len(per),
+                }
+            )
     maps["ts_abs"] = ts_abs
     learned = model.coupling() if isinstance(model, models.OscillatorModel) else None
-    if learned is not None and learned.shape == graph.shape and 0 < graph.sum() < graph.size - len(graph):
+    if (
+        learned is not None
+        and learned.shape == graph.shape
+        and 0 < graph.sum() < graph.size - len(graph)
+    ):
         auroc = float(A.coupling_auroc(np.asarray(learned), graph))
         for split in ("inside", "beyond"):
-            rows.append({"method": "learned_coupling", "split": split, "coupling_auroc": auroc,
-                         "jacobian_spearman": np.nan, "n_traj": 0})
+            rows.append(
+                {
+                    "method": "learned_coupling",
+                    "split": split,
+                    "coupling_auroc": auroc,
+                    "jacobian_spearman": np.nan,
+                    "n_traj": 0,
+                }
+            )
     return rows, maps
 
 
@@ -161,16 +209,24 @@ def run(preset: Preset, output: Output, *, progress: bool = True) -> list[dict]:
     for spec in preset.systems:
         for n_train in preset.n_train:
             for mspec in preset.models:
-                row = extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+                row = extrapolation.run_one(
+                    spec, mspec, preset, seed=seed, n_train=n_train, output=output
+                )
                 if row["status"] != "ok":
                     continue
-                model, ds, key = extrapolation.load_model(spec, mspec, preset, seed=seed, n_train=n_train,
-                                                          output=output)
+                model, ds, key = extrapolation.load_model(
+                    spec, mspec, preset, seed=seed, n_train=n_train, output=output
+                )
                 h = config_hash({"run": key.config_hash, **attr_settings})
                 done = output.run_file(key, "attribution.json")
                 rec = json.loads(done.read_text()) if done.exists() else None
                 if rec is None or rec.get("config_hash") != h:
-                    rec = {"system": spec.name, "model": key.model, "n_train": n_train, "config_hash": h}
+                    rec = {
+                        "system": spec.name,
+                        "model": key.model,
+                        "n_train": n_train,
+                        "config_hash": h,
+                    }
                     try:
                         r, maps = attribute_model(model, ds, preset)
                         np.savez(output.run_file(key, "attribution.npz"), **maps)
@@ -178,21 +234,29 @@ def run(preset: Preset, output: Output, *, progress: bool = True) -> list[dict]:
                         r = [{"method": "-", "split": "-", "reason": f"{type(e).__name__}: {e}"}]
                     rec["rows"] = r
                     try:
-                        rec["probes"] = probe_model(model, ds, preset, output.run_file(key, "probes.npz"))
+                        rec["probes"] = probe_model(
+                            model, ds, preset, output.run_file(key, "probes.npz")
+                        )
                     except ValueError as e:  # a step that cannot run at these sizes
-                        rec["probes"] = [{"quantity": "-", "split": "-", "reason": f"probes skipped: {e}"}]
+                        rec["probes"] = [
+                            {"quantity": "-", "split": "-", "reason": f"probes skipped: {e}"}
+                        ]
                     write_json_atomic(done, rec)
                 meta = {"system": rec["system"], "model": rec["model"], "n_train": n_train}
                 rows += [{**meta, **r} for r in rec["rows"]]
                 probe_rows += [{**meta, **r} for r in rec["probes"]]
                 if progress:
                     best = [r for r in rec["rows"] if r["split"] == "inside"]
-                    print(f"[attribution] {rec['model']} n_train={n_train}: " + ", ".join(
-                        f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best), flush=True)
+                    print(
+                        f"[attribution] {rec['model']} n_train={n_train}: "
+                        + ", ".join(f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best),
+                        flush=True,
+                    )
     if not rows:
         raise NothingToAttribute(
             f"no model of preset {preset.name!r} could be trained and attributed in {output.root} "
-            "(every run is n/a or failed: see its result.json)")
+            "(every run is n/a or failed: see its result.json)"
+        )
     write_csv_atomic(output.attribution_csv, ATTR_COLUMNS, rows)
     write_csv_atomic(output.probes_csv, PROBE_COLUMNS, probe_rows)
     return rows
@@ -215,7 +279,6 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     hidden state: returns no rows). Stores the arrays behind the figures at `path`."""
     import jax
     import jax.numpy as jnp
-
     from flax import nnx
 
     import models
@@ -233,44 +296,100 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     inside = ds.ts[C:] <= ds.t_train + 1e-9
     # hidden states while free-running, inside and beyond the training window, with the true states
     h_in, h_out = hs[:, inside].reshape(-1, hs.shape[-1]), hs[:, ~inside].reshape(-1, hs.shape[-1])
-    y_in, y_out = test[:n, C:][:, inside].reshape(-1, test.shape[-1]), test[:n, C:][:, ~inside].reshape(-1, test.shape[-1])
+    y_in, y_out = (
+        test[:n, C:][:, inside].reshape(-1, test.shape[-1]),
+        test[:n, C:][:, ~inside].reshape(-1, test.shape[-1]),
+    )
     g_in = np.repeat(np.arange(n), inside.sum())
     g_out = np.repeat(np.arange(n), (~inside).sum())
     ctrl = np.asarray(P.random_features_control(model, jnp.asarray(fc, dtype), key=7), np.float64)
-    c_in, c_out = ctrl[:, inside].reshape(-1, ctrl.shape[-1]), ctrl[:, ~inside].reshape(-1, ctrl.shape[-1])
+    c_in, c_out = (
+        ctrl[:, inside].reshape(-1, ctrl.shape[-1]),
+        ctrl[:, ~inside].reshape(-1, ctrl.shape[-1]),
+    )
     rows = []
-    for split, h, c, y, g in (("inside", h_in, c_in, y_in, g_in), ("beyond", h_out, c_out, y_out, g_out)):
+    for split, h, c, y, g in (
+        ("inside", h_in, c_in, y_in, g_in),
+        ("beyond", h_out, c_out, y_out, g_out),
+    ):
         try:
-            report = P.probe_report(h, P.physical_targets(system, y), control_hidden=c, key=0, groups=g,
-                                    n_folds=min(5, n))
+            report = P.probe_report(
+                h,
+                P.physical_targets(system, y),
+                control_hidden=c,
+                key=0,
+                groups=g,
+                n_folds=min(5, n),
+            )
         except ValueError as e:  # e.g. too few trajectories for grouped cross-validation
-            rows.append({"quantity": "-", "split": split, "r2": np.nan, "control_r2": np.nan,
-                         "reason": f"probes skipped: {e}"})
+            rows.append(
+                {
+                    "quantity": "-",
+                    "split": split,
+                    "r2": np.nan,
+                    "control_r2": np.nan,
+                    "reason": f"probes skipped: {e}",
+                }
+            )
             continue
         for r in report:
-            rows.append({"quantity": r["quantity"], "split": split, "r2": float(r["r2"]),
-                         "control_r2": float(r["control_r2"])})
+            rows.append(
+                {
+                    "quantity": r["quantity"],
+                    "split": split,
+                    "r2": float(r["r2"]),
+                    "control_r2": float(r["control_r2"]),
+                }
+            )
     k = min(8, h_in.shape[-1] - 1)
     dep = P.manifold_departure(h_in, h_out, n_components=k, key=0)
     dis = P.dissect(h_in, P.physical_concepts(system, y_in), quantile="matched")
     pca = P.pca_fit(h_in, n_components=2)
-    arrays = {"pca_inside": P.pca_transform(pca, h_in), "pca_beyond": P.pca_transform(pca, h_out),
-              "dissection_iou": np.asarray(dis.iou), "dissection_concepts": np.asarray(list(dis.concepts)),
-              "residual_ratio": np.asarray(dep.residual_ratio), "distance_ratio": np.asarray(dep.distance_ratio)}
-    rows.append({"quantity": "manifold_residual_ratio", "split": "beyond", "r2": float(dep.residual_ratio),
-                 "control_r2": np.nan})
-    rows.append({"quantity": "manifold_distance_ratio", "split": "beyond", "r2": float(dep.distance_ratio),
-                 "control_r2": np.nan})
+    arrays = {
+        "pca_inside": P.pca_transform(pca, h_in),
+        "pca_beyond": P.pca_transform(pca, h_out),
+        "dissection_iou": np.asarray(dis.iou),
+        "dissection_concepts": np.asarray(list(dis.concepts)),
+        "residual_ratio": np.asarray(dep.residual_ratio),
+        "distance_ratio": np.asarray(dep.distance_ratio),
+    }
+    rows.append(
+        {
+            "quantity": "manifold_residual_ratio",
+            "split": "beyond",
+            "r2": float(dep.residual_ratio),
+            "control_r2": np.nan,
+        }
+    )
+    rows.append(
+        {
+            "quantity": "manifold_distance_ratio",
+            "split": "beyond",
+            "r2": float(dep.distance_ratio),
+            "control_r2": np.nan,
+        }
+    )
     true_modes = _normal_mode_frequencies(system)
     if true_modes.size:
         fp = P.lstm_fixed_points(model, key=0, context=jnp.asarray(test[0, :C], dtype), n_starts=8)
         if len(fp.eigenvalues):
-            cmp = P.compare_to_normal_modes(np.asarray(fp.eigenvalues), np.asarray(true_modes), ds.dt,
-                                            min_modulus=0.9)
-            arrays.update(fixed_point_eigenvalues=np.asarray(fp.eigenvalues), true_modes=np.asarray(true_modes),
-                          matched_frequencies=np.asarray(cmp.model_freqs), mode_relative_error=np.asarray(cmp.relative_error))
-            rows.append({"quantity": "normal_mode_freq_rel_error", "split": "fixed_point",
-                         "r2": float(np.median(np.asarray(cmp.relative_error))), "control_r2": np.nan})
+            cmp = P.compare_to_normal_modes(
+                np.asarray(fp.eigenvalues), np.asarray(true_modes), ds.dt, min_modulus=0.9
+            )
+            arrays.update(
+                fixed_point_eigenvalues=np.asarray(fp.eigenvalues),
+                true_modes=np.asarray(true_modes),
+                matched_frequencies=np.asarray(cmp.model_freqs),
+                mode_relative_error=np.asarray(cmp.relative_error),
+            )
+            rows.append(
+                {
+                    "quantity": "normal_mode_freq_rel_error",
+                    "split": "fixed_point",
+                    "r2": float(np.median(np.asarray(cmp.relative_error))),
+                    "control_r2": np.nan,
+                }
+            )
     np.savez(path, **arrays)
     return rows
 

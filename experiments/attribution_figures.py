@@ -43,7 +43,9 @@ def lag_maps(out: Output, path: Path):
     for row, (rec, m) in zip(axes, recs):
         for ax, split in zip(row[:2], ("inside", "beyond")):
             if f"lag_map_{split}" in m:
-                im = ax.imshow(m[f"lag_map_{split}"].T, aspect="auto", cmap="viridis", origin="lower")
+                im = ax.imshow(
+                    m[f"lag_map_{split}"].T, aspect="auto", cmap="viridis", origin="lower"
+                )
                 fig.colorbar(im, ax=ax, fraction=0.04)
             ax.set_title(f"{rec['model']}: |d q₁/d context| ({split})", fontsize=8)
             ax.set_xlabel("time lag (steps before t_C)", fontsize=8)
@@ -67,8 +69,17 @@ def coupling_recovery(out: Output, path: Path):
     fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(labels)), 4.5))
     x = np.arange(len(labels))
     for j, split in enumerate(("inside", "beyond")):
-        vals = [next((float(r["coupling_auroc"]) for r in rows if (r["model"], r["method"]) == lab
-                      and r["split"] == split), np.nan) for lab in labels]
+        vals = [
+            next(
+                (
+                    float(r["coupling_auroc"])
+                    for r in rows
+                    if (r["model"], r["method"]) == lab and r["split"] == split
+                ),
+                np.nan,
+            )
+            for lab in labels
+        ]
         ax.bar(x + (j - 0.5) * 0.4, vals, 0.4, label=f"{split} the training window")
     ax.axhline(0.5, color="0.5", ls=":", lw=1)
     ax.set_xticks(x, [f"{m}\n{meth}" for m, meth in labels], rotation=60, ha="right", fontsize=7)
@@ -89,7 +100,13 @@ def auroc_by_horizon(out: Output, path: Path):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, (rec, m) in enumerate(recs):
         ax.plot(m["ts_abs"], m["saliency_auroc_by_horizon"], label=rec["model"], color=f"C{i}")
-    ax.plot(recs[0][1]["ts_abs"], recs[0][1]["true_auroc_by_horizon"], color="black", ls="--", label="true Jacobian")
+    ax.plot(
+        recs[0][1]["ts_abs"],
+        recs[0][1]["true_auroc_by_horizon"],
+        color="black",
+        ls="--",
+        label="true Jacobian",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("forecast time t")
     ax.set_ylabel("coupling AUROC (saliency)")
@@ -108,11 +125,21 @@ def probes(out: Output, path: Path):
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(quantities)), 4.5))
     x = np.arange(len(quantities))
-    for j, (split, key) in enumerate((("inside", "r2"), ("beyond", "r2"), ("inside", "control_r2"))):
-        vals = [next((float(r[key]) for r in rows if r["quantity"] == q and r["split"] == split), np.nan)
-                for q in quantities]
-        ax.bar(x + (j - 1) * 0.27, np.clip(vals, -0.2, 1), 0.27,
-               label=f"{'random-network control' if key == 'control_r2' else 'trained LSTM'} ({split})")
+    for j, (split, key) in enumerate(
+        (("inside", "r2"), ("beyond", "r2"), ("inside", "control_r2"))
+    ):
+        vals = [
+            next(
+                (float(r[key]) for r in rows if r["quantity"] == q and r["split"] == split), np.nan
+            )
+            for q in quantities
+        ]
+        ax.bar(
+            x + (j - 1) * 0.27,
+            np.clip(vals, -0.2, 1),
+            0.27,
+            label=f"{'random-network control' if key == 'control_r2' else 'trained LSTM'} ({split})",
+        )
     ax.set_xticks(x, quantities, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("probe R² (clipped at −0.2)")
     ax.set_title("Linear probes of the LSTM's hidden state")
@@ -133,15 +160,20 @@ def dissection_and_pca(out: Output, path: Path):
     top = np.argsort(-iou.max(1))[:16]
     im = a1.imshow(iou[top], aspect="auto", cmap="magma")
     fig.colorbar(im, ax=a1, fraction=0.04)
-    a1.set_xticks(range(iou.shape[1]), p["dissection_concepts"], rotation=60, ha="right", fontsize=7)
+    a1.set_xticks(
+        range(iou.shape[1]), p["dissection_concepts"], rotation=60, ha="right", fontsize=7
+    )
     a1.set_yticks(range(len(top)), [f"unit {u}" for u in top], fontsize=7)
     a1.set_title(f"{rec['model']}: unit dissection (IoU, top units)")
     a2.scatter(*p["pca_inside"].T, s=2, alpha=0.4, label="inside the training window")
     a2.scatter(*p["pca_beyond"].T, s=2, alpha=0.4, label="beyond it (free-running)")
     a2.set_xlabel("PC 1 (fitted inside)")
     a2.set_ylabel("PC 2")
-    a2.set_title(f"hidden states: residual ratio {float(p['residual_ratio']):.2g}, "
-                 f"distance ratio {float(p['distance_ratio']):.2g}", fontsize=9)
+    a2.set_title(
+        f"hidden states: residual ratio {float(p['residual_ratio']):.2g}, "
+        f"distance ratio {float(p['distance_ratio']):.2g}",
+        fontsize=9,
+    )
     a2.legend(fontsize=8, frameon=False, markerscale=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -152,9 +184,11 @@ def dissection_and_pca(out: Output, path: Path):
 def draw_all(out: Output) -> list[Path]:
     fig_dir = out.figures
     fig_dir.mkdir(parents=True, exist_ok=True)
-    made = [lag_maps(out, fig_dir / "attribution_maps.png"),
-            coupling_recovery(out, fig_dir / "coupling_recovery.png"),
-            auroc_by_horizon(out, fig_dir / "auroc_by_horizon.png"),
-            probes(out, fig_dir / "probes.png"),
-            dissection_and_pca(out, fig_dir / "dissection_pca.png")]
+    made = [
+        lag_maps(out, fig_dir / "attribution_maps.png"),
+        coupling_recovery(out, fig_dir / "coupling_recovery.png"),
+        auroc_by_horizon(out, fig_dir / "auroc_by_horizon.png"),
+        probes(out, fig_dir / "probes.png"),
+        dissection_and_pca(out, fig_dir / "dissection_pca.png"),
+    ]
     return [p for p in made if p is not None]

@@ -32,8 +32,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,7 @@ def environment() -> dict:
         scipy_version = None
     dev = jax.devices()[0]
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "diffrax": diffrax.__version__,
@@ -141,7 +141,9 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
 
     f_np = _numpy_field(system)
     probe = y0_np[0]
-    if not np.allclose(f_np(0.0, probe), np.asarray(system.vector_field(0.0, probe)), rtol=1e-13, atol=1e-13):
+    if not np.allclose(
+        f_np(0.0, probe), np.asarray(system.vector_field(0.0, probe)), rtol=1e-13, atol=1e-13
+    ):
         raise AssertionError("the NumPy right-hand side disagrees with system.vector_field")
 
     def run_jax(y, solver="tsit5"):
@@ -214,10 +216,11 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
     }
     for m in methods:
         # accepted steps: a run without t_eval returns every step's endpoint
-        accepted = [len(solve_ivp(f_np, (0.0, t_end), y, method=m, rtol=rtol, atol=atol).t) - 1 for y in subset]
-        ratios = {
-            s: [a / b for a, b in zip(per_traj[m], per_traj[s])] for s in solvers
-        }
+        accepted = [
+            len(solve_ivp(f_np, (0.0, t_end), y, method=m, rtol=rtol, atol=atol).t) - 1
+            for y in subset
+        ]
+        ratios = {s: [a / b for a, b in zip(per_traj[m], per_traj[s])] for s in solvers}
         result["scipy"][m] = {
             "n_trajectories_timed": n_scipy,
             **_summary(times[m]),
@@ -228,8 +231,10 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
                 max(np.max(np.abs(sol.y.T - np.asarray(ys[i]))) for i, sol in enumerate(sols[m]))
             ),
             # solve_ivp time per trajectory / simulate's: the ratio of medians, and the per-round ratios
-            "speedup_of_simulate": statistics.median(per_traj[m]) / rows["tsit5"]["per_trajectory_s"],
-            "speedup_of_simulate_dopri8": statistics.median(per_traj[m]) / rows["dopri8"]["per_trajectory_s"],
+            "speedup_of_simulate": statistics.median(per_traj[m])
+            / rows["tsit5"]["per_trajectory_s"],
+            "speedup_of_simulate_dopri8": statistics.median(per_traj[m])
+            / rows["dopri8"]["per_trajectory_s"],
             "speedup_of_simulate_per_round": ratios["tsit5"],
             "speedup_of_simulate_dopri8_per_round": ratios["dopri8"],
         }
@@ -257,8 +262,12 @@ def _print_simulate(res: dict) -> None:
         f"rtol=atol={p['rtol']:g}, {p['dtype']}, simulate batch {p['batch']}"
     )
     print("steps: simulate counts accepted + rejected steps, solve_ivp accepted steps only;")
-    print("speed-up: solve_ivp time per trajectory / simulate (Tsit5) time, and / simulate (Dopri8)")
-    print(f"{'method':<26}{'per traj (ms)':>14}{'steps':>8}{'nfev':>8}{'vs Tsit5':>10}{'vs Dopri8':>10}")
+    print(
+        "speed-up: solve_ivp time per trajectory / simulate (Tsit5) time, and / simulate (Dopri8)"
+    )
+    print(
+        f"{'method':<26}{'per traj (ms)':>14}{'steps':>8}{'nfev':>8}{'vs Tsit5':>10}{'vs Dopri8':>10}"
+    )
     for name, key in (("simulate Tsit5", "simulate"), ("simulate Dopri8", "simulate_dopri8")):
         s = res[key]
         print(
@@ -327,19 +336,29 @@ def write_results(out: Path, env: dict, sections: dict[str, dict]) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m experiments.benchmarks", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.benchmarks", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="output directory")
     ap.add_argument(
-        "--sections", nargs="+", default=[k for k in SECTIONS if k != "study"], choices=list(SECTIONS),
-        help="sections to run ('study' reruns the quick study twice and is not in the default set)"
+        "--sections",
+        nargs="+",
+        default=[k for k in SECTIONS if k != "study"],
+        choices=list(SECTIONS),
+        help="sections to run ('study' reruns the quick study twice and is not in the default set)",
     )
     ap.add_argument("--batch", type=int, default=256, help="initial states solved by simulate")
     ap.add_argument("--scipy-subset", type=int, default=16, help="states solved by solve_ivp")
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (each times every contender once)")
+    ap.add_argument(
+        "--repeats", type=int, default=7, help="timed rounds (each times every contender once)"
+    )
     ap.add_argument("--gpu-batch", type=int, default=65_536, help="large batch timed on a GPU")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--pin-cpu", type=int, default=None, metavar="CPU",
+        "--pin-cpu",
+        type=int,
+        default=None,
+        metavar="CPU",
         help="run the whole process (XLA's threads included) on this one CPU: both sides then get "
         "one core, and timings on a busy machine are steadier (Linux only)",
     )
@@ -351,7 +370,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pin_cpu is not None:  # before `environment()` starts JAX's backend and its threads
         os.sched_setaffinity(0, {args.pin_cpu})
     env = environment()
-    env["cpu_affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    env["cpu_affinity"] = (
+        sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    )
     print(
         f"jax {env['jax']} (jaxlib {env['jaxlib']}), {env['device']}, {env['cpu_count']} CPUs, "
         f"{env['platform']}, {env['date']}"

@@ -29,19 +29,39 @@ from . import metrics
 from ._runtime import environment, setup_jax, write_csv_atomic, write_json_atomic, write_text_atomic
 from .presets import Preset, cli
 from .runs import Output, RunKey, data_config
-from .specs import ModelSpec, SystemSpec, jsonable, config_hash
+from .specs import ModelSpec, SystemSpec, config_hash, jsonable
 
 COLUMNS = (
-    "system", "model", "seed", "n_train", "status", "interp_nmse", "extrap_nmse", "ood_nmse", "vpt",
-    "energy_drift", "sync_error", "train_seconds", "n_params", "reason",
+    "system",
+    "model",
+    "seed",
+    "n_train",
+    "status",
+    "interp_nmse",
+    "extrap_nmse",
+    "ood_nmse",
+    "vpt",
+    "energy_drift",
+    "sync_error",
+    "train_seconds",
+    "n_params",
+    "reason",
 )
 _TEXT_COLUMNS = ("system", "model", "status", "reason")
 _N_SAMPLE = 3  # trajectories whose forecasts are stored for the figures
 
 
 # --------------------------------------------------------------------------- data
-def load_or_make_dataset(spec: SystemSpec, preset: Preset, *, seed: int, n_train: int, output: Output,
-                         system=None, log=print):
+def load_or_make_dataset(
+    spec: SystemSpec,
+    preset: Preset,
+    *,
+    seed: int,
+    n_train: int,
+    output: Output,
+    system=None,
+    log=print,
+):
     """The dataset of `(spec, seed, n_train)`, from the cache when its stored generation config
     equals the current one, otherwise (re)built and stored."""
     import jax
@@ -58,13 +78,22 @@ def load_or_make_dataset(spec: SystemSpec, preset: Preset, *, seed: int, n_train
             have = ds.metadata.get("study_config_hash")
             if have == want:
                 return ds
-            log(f"[data] {path} was generated with config hash {have}, the current one is {want}; rebuilding")
+            log(
+                f"[data] {path} was generated with config hash {have}, the current one is {want}; rebuilding"
+            )
         except ValueError as e:  # corrupted: rebuild it (it is deterministic)
             log(f"[data] {path} is unusable ({e}); rebuilding")
     ds = dynamics.make_dataset(
-        system, key=jax.random.key(seed), n_train=n_train, n_val=preset.n_val,
-        n_test=preset.n_test, dt=preset.dt, t_train=preset.t_train, t_end=preset.t_end,
-        noise=preset.noise, ood_scale=preset.ood_scale,
+        system,
+        key=jax.random.key(seed),
+        n_train=n_train,
+        n_val=preset.n_val,
+        n_test=preset.n_test,
+        dt=preset.dt,
+        t_train=preset.t_train,
+        t_end=preset.t_end,
+        noise=preset.noise,
+        ood_scale=preset.ood_scale,
     )
     ds.metadata.update(study_config=cfg, study_config_hash=want)
     ds.save(path)
@@ -74,8 +103,13 @@ def load_or_make_dataset(spec: SystemSpec, preset: Preset, *, seed: int, n_train
 # --------------------------------------------------------------------------- the sweep
 def jobs(preset: Preset) -> list[tuple[SystemSpec, ModelSpec, int, int]]:
     """Every (system, model, seed, n_train) of the preset, in a fixed order."""
-    return [(s, m, seed, n) for s in preset.systems for n in preset.n_train for seed in preset.seeds
-            for m in preset.models]
+    return [
+        (s, m, seed, n)
+        for s in preset.systems
+        for n in preset.n_train
+        for seed in preset.seeds
+        for m in preset.models
+    ]
 
 
 def check_labels(preset: Preset) -> None:
@@ -86,8 +120,10 @@ def check_labels(preset: Preset) -> None:
         labels = [m.label_for(system) for m in preset.models if m.applicable(system, spec) is None]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
-            raise ValueError(f"preset {preset.name!r}: models {dup} appear twice on {spec.name}; "
-                             "give them distinct ModelSpec labels")
+            raise ValueError(
+                f"preset {preset.name!r}: models {dup} appear twice on {spec.name}; "
+                "give them distinct ModelSpec labels"
+            )
 
 
 def n_params(model) -> int:
@@ -124,8 +160,9 @@ def save_model(model, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_model(spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int, n_train: int,
-               output: Output):
+def load_model(
+    spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int, n_train: int, output: Output
+):
     """Rebuilds a model trained by `run_one` from its stored variables (no training); returns
     `(model, dataset, key)`. Raises `FileNotFoundError` when no finished run of the current
     configuration is stored."""
@@ -137,9 +174,12 @@ def load_model(spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int,
     key, _ = RunKey.of(spec, system, mspec, preset, seed=seed, n_train=n_train)
     path = output.run_file(key, "model.npz")
     if output.stored_result(key, log=lambda *_: None) is None or not path.exists():
-        raise FileNotFoundError(f"no trained model of {key.describe()} under the current configuration "
-                                f"at {path}")
-    ds = load_or_make_dataset(spec, preset, seed=seed, n_train=n_train, output=output, system=system)
+        raise FileNotFoundError(
+            f"no trained model of {key.describe()} under the current configuration at {path}"
+        )
+    ds = load_or_make_dataset(
+        spec, preset, seed=seed, n_train=n_train, output=output, system=system
+    )
     model = mspec.build(system, spec, preset, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
@@ -157,8 +197,17 @@ def _write_arrays(path: Path, arrays: dict) -> None:
     tmp.replace(path)
 
 
-def run_one(spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int, n_train: int,
-            output: Output, progress: bool = False, log=print) -> dict:
+def run_one(
+    spec: SystemSpec,
+    mspec: ModelSpec,
+    preset: Preset,
+    *,
+    seed: int,
+    n_train: int,
+    output: Output,
+    progress: bool = False,
+    log=print,
+) -> dict:
     """Trains and scores one run; returns its row (and stores its arrays and model)."""
     import jax
     from flax import nnx
@@ -171,26 +220,47 @@ def run_one(spec: SystemSpec, mspec: ModelSpec, preset: Preset, *, seed: int, n_
     if done is not None:
         return done
     run_dir = output.run_dir(key)
-    write_json_atomic(output.run_file(key, "config.json"),
-                      {"config_hash": key.config_hash, "config": jsonable(cfg), "preset": preset.name})
+    write_json_atomic(
+        output.run_file(key, "config.json"),
+        {"config_hash": key.config_hash, "config": jsonable(cfg), "preset": preset.name},
+    )
     row = {c: float("nan") for c in COLUMNS}
-    row.update(system=spec.name, model=key.model, seed=seed, n_train=n_train, status="ok", reason="",
-               config_hash=key.config_hash)
+    row.update(
+        system=spec.name,
+        model=key.model,
+        seed=seed,
+        n_train=n_train,
+        status="ok",
+        reason="",
+        config_hash=key.config_hash,
+    )
     reason = mspec.applicable(system, spec)
     if reason is not None:
         row.update(status="n/a", reason=reason)
         write_json_atomic(output.run_file(key, "result.json"), row)
         return row
     try:
-        ds = load_or_make_dataset(spec, preset, seed=seed, n_train=n_train, output=output,
-                                  system=system, log=log)
+        ds = load_or_make_dataset(
+            spec, preset, seed=seed, n_train=n_train, output=output, system=system, log=log
+        )
         model = mspec.build(system, spec, preset, rngs=nnx.Rngs(seed))
         row["n_params"] = n_params(model)
-        train = {"steps": preset.steps, "batch_size": preset.batch_size, "lr": preset.lr,
-                 "eval_every": preset.eval_every, **mspec.train}
+        train = {
+            "steps": preset.steps,
+            "batch_size": preset.batch_size,
+            "lr": preset.lr,
+            "eval_every": preset.eval_every,
+            **mspec.train,
+        }
         t0 = time.perf_counter()
-        model, history = models.fit(model, ds, key=jax.random.key(1000 + seed), progress=progress,
-                                    checkpoint_dir=output.run_file(key, "checkpoint"), **train)
+        model, history = models.fit(
+            model,
+            ds,
+            key=jax.random.key(1000 + seed),
+            progress=progress,
+            checkpoint_dir=output.run_file(key, "checkpoint"),
+            **train,
+        )
         row["train_seconds"] = time.perf_counter() - t0
         scores, arrays = score(model, ds, preset)
         row.update(scores)
@@ -249,16 +319,22 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
         inside = t_f <= ds.t_train + 1e-9
         out["interp_nmse"] = float(np.mean(curve[inside]))
         out["extrap_nmse"] = float(np.mean(curve[~inside]))
-        out["vpt"] = metrics.valid_prediction_time(pred, true[:, C:], ts[C:], ts[C - 1]) / ds.t_train
+        out["vpt"] = (
+            metrics.valid_prediction_time(pred, true[:, C:], ts[C:], ts[C - 1]) / ds.t_train
+        )
         arrays.update(ts_forecast=t_f, sample_pred=pred[:_N_SAMPLE], sample_true=true[:_N_SAMPLE])
         obs_pred, obs_true = system.observables(pred), system.observables(true)
         if system.conservative and "energy" in obs_pred:
-            drift = metrics.energy_drift_curve(np.asarray(obs_pred["energy"]),
-                                               np.asarray(obs_true["energy"])[:, 0])
+            drift = metrics.energy_drift_curve(
+                np.asarray(obs_pred["energy"]), np.asarray(obs_true["energy"])[:, 0]
+            )
             arrays["energy_drift"] = drift
             out["energy_drift"] = float(np.mean(drift))
         if "order_parameter" in obs_pred:
-            r_err = np.abs(np.asarray(obs_pred["order_parameter"]) - np.asarray(obs_true["order_parameter"])[:, C:])
+            r_err = np.abs(
+                np.asarray(obs_pred["order_parameter"])
+                - np.asarray(obs_true["order_parameter"])[:, C:]
+            )
             arrays["sync_error"] = r_err.mean(0)
             out["sync_error"] = float(r_err.mean())
     if isinstance(model, models.OscillatorModel):
@@ -272,11 +348,15 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- the study
-def run(preset: Preset, output: Output, *, progress: bool = True, overrides: dict | None = None) -> list[dict]:
+def run(
+    preset: Preset, output: Output, *, progress: bool = True, overrides: dict | None = None
+) -> list[dict]:
     check_labels(preset)
     output.root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output.config, {"preset": preset.as_dict(), "overrides": overrides or {},
-                                      "environment": environment()})
+    write_json_atomic(
+        output.config,
+        {"preset": preset.as_dict(), "overrides": overrides or {}, "environment": environment()},
+    )
     rows = []
     todo = jobs(preset)
     for i, (spec, mspec, seed, n_train) in enumerate(todo, 1):
@@ -284,9 +364,12 @@ def run(preset: Preset, output: Output, *, progress: bool = True, overrides: dic
         row = run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
         rows.append(row)
         if progress:
-            print(f"[{i}/{len(todo)}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
-                  f"{row['status']} interp {row['interp_nmse']:.3g} extrap {row['extrap_nmse']:.3g} "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            print(
+                f"[{i}/{len(todo)}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
+                f"{row['status']} interp {row['interp_nmse']:.3g} extrap {row['extrap_nmse']:.3g} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                flush=True,
+            )
     write_metrics(rows, output)
     return rows
 
@@ -309,8 +392,10 @@ def read_metrics(output: Output) -> list[dict]:
 def summary_markdown(rows: list[dict]) -> str:
     """A table of every system, model and n_train: mean and 95% interval over seeds."""
     cols = ("interp_nmse", "extrap_nmse", "ood_nmse", "vpt", "energy_drift")
-    lines = ["| system | model | n_train | seeds | " + " | ".join(cols) + " |",
-             "|" + "---|" * (4 + len(cols))]
+    lines = [
+        "| system | model | n_train | seeds | " + " | ".join(cols) + " |",
+        "|" + "---|" * (4 + len(cols)),
+    ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["system"], r["model"], int(r["n_train"])), []).append(r)
@@ -319,14 +404,20 @@ def summary_markdown(rows: list[dict]) -> str:
         cells = []
         for c in cols:
             m, h = metrics.mean_ci([r[c] for r in ok])
-            cells.append("-" if not np.isfinite(m) else (f"{m:.3g}" if not np.isfinite(h) else f"{m:.3g} ± {h:.2g}"))
+            cells.append(
+                "-"
+                if not np.isfinite(m)
+                else (f"{m:.3g}" if not np.isfinite(h) else f"{m:.3g} ± {h:.2g}")
+            )
         bad = sorted({r["status"] for r in rs if r["status"] != "ok"})
         status = f"{len(ok)}/{len(rs)}" + (f" ({', '.join(bad)})" if bad else "")
         lines.append(f"| {system} | {model} | {n_train} | {status} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Mean ± half-width of the 95% Student-t interval over seeds (no interval for one seed). "
-                 "`vpt` in units of t_train; nmse normalised per coordinate by the test-set variance; "
-                 "`energy_drift` only for conservative systems.")
+    lines.append(
+        "Mean ± half-width of the 95% Student-t interval over seeds (no interval for one seed). "
+        "`vpt` in units of t_train; nmse normalised per coordinate by the test-set variance; "
+        "`energy_drift` only for conservative systems."
+    )
     return "\n".join(lines) + "\n"
 
 

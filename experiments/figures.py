@@ -22,8 +22,15 @@ from .extrapolation import read_metrics  # noqa: E402
 from .presets import cli  # noqa: E402
 from .runs import Output  # noqa: E402
 
-_COLORS = {"truth": "black", "LSTM": "tab:red", "NeuralODE": "tab:orange", "SecondOrderNODE": "tab:brown",
-           "HNN": "tab:blue", "LNN": "tab:cyan", "DissipativeHNN": "tab:purple"}
+_COLORS = {
+    "truth": "black",
+    "LSTM": "tab:red",
+    "NeuralODE": "tab:orange",
+    "SecondOrderNODE": "tab:brown",
+    "HNN": "tab:blue",
+    "LNN": "tab:cyan",
+    "DissipativeHNN": "tab:purple",
+}
 
 
 def _color(model: str, i: int = 0):
@@ -56,7 +63,9 @@ def load_runs(out: Output, n_train: dict[str, int] | None = None) -> dict:
         if n_train is not None and int(row["n_train"]) != n_train.get(row["system"]):
             continue
         with np.load(arr) as z:
-            runs.setdefault((row["system"], row["model"]), []).append(dict(z) | {"seed": row["seed"]})
+            runs.setdefault((row["system"], row["model"]), []).append(
+                dict(z) | {"seed": row["seed"]}
+            )
     return runs
 
 
@@ -66,7 +75,9 @@ def _oscillators(model: str) -> int | None:
 
 
 def _osc_labels(models):
-    return sorted([m for m in models if _oscillators(m) is not None], key=lambda m: -_oscillators(m))
+    return sorted(
+        [m for m in models if _oscillators(m) is not None], key=lambda m: -_oscillators(m)
+    )
 
 
 def motivating(runs, system, t_train, path: Path, coord: int = 0):
@@ -84,7 +95,14 @@ def motivating(runs, system, t_train, path: Path, coord: int = 0):
         r = runs[(system, m)][0]
         ax.axvspan(0, t_train, color="0.9", lw=0)
         ax.plot(ts, true[:, coord], color="black", lw=1.2, label="truth")
-        ax.plot(r["ts_forecast"], r["sample_pred"][0][:, coord], color=_color(m, i), lw=1.2, ls="--", label=m)
+        ax.plot(
+            r["ts_forecast"],
+            r["sample_pred"][0][:, coord],
+            color=_color(m, i),
+            lw=1.2,
+            ls="--",
+            label=m,
+        )
         ax.set_ylabel("q₁")
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     axes[-1].set_xlabel("t (training window shaded)")
@@ -102,7 +120,12 @@ def nmse_over_time(runs, system, t_train, path: Path):
         if s != system:
             continue
         curves = np.stack([r["nmse_test"] for r in rs])
-        ax.semilogy(rs[0]["ts_forecast"], np.exp(np.mean(np.log(curves + 1e-300), 0)), color=_color(m, i), label=m)
+        ax.semilogy(
+            rs[0]["ts_forecast"],
+            np.exp(np.mean(np.log(curves + 1e-300), 0)),
+            color=_color(m, i),
+            label=m,
+        )
     ax.axvline(t_train, color="0.4", ls=":", lw=1)
     ax.set_xlabel("t")
     ax.set_ylabel("nmse(t)")
@@ -116,14 +139,30 @@ def nmse_over_time(runs, system, t_train, path: Path):
 
 def interp_vs_extrap(rows, path: Path):
     systems = sorted({r["system"] for r in rows})
-    fig, axes = plt.subplots(1, len(systems), figsize=(max(6, 5 * len(systems)), 4.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(systems), figsize=(max(6, 5 * len(systems)), 4.5), squeeze=False
+    )
     for ax, system in zip(axes[0], systems):
         models = [m for m in dict.fromkeys(r["model"] for r in rows if r["system"] == system)]
         x = np.arange(len(models))
-        for j, (col, lab) in enumerate((("interp_nmse", "inside (interp)"), ("extrap_nmse", "beyond (extrap)"),
-                                        ("ood_nmse", "unseen energies (ood)"))):
-            vals = [np.nanmean([r[col] for r in rows if r["system"] == system and r["model"] == m
-                                and r["status"] == "ok"] or [np.nan]) for m in models]
+        for j, (col, lab) in enumerate(
+            (
+                ("interp_nmse", "inside (interp)"),
+                ("extrap_nmse", "beyond (extrap)"),
+                ("ood_nmse", "unseen energies (ood)"),
+            )
+        ):
+            vals = [
+                np.nanmean(
+                    [
+                        r[col]
+                        for r in rows
+                        if r["system"] == system and r["model"] == m and r["status"] == "ok"
+                    ]
+                    or [np.nan]
+                )
+                for m in models
+            ]
             ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab)
         ax.set_yscale("log")
         ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
@@ -142,8 +181,12 @@ def energy_drift(runs, system, path: Path):
     for i, ((s, m), rs) in enumerate(sorted(runs.items())):
         if s != system or "energy_drift" not in rs[0]:
             continue
-        ax.semilogy(rs[0]["ts_forecast"], np.mean([r["energy_drift"] for r in rs], 0) + 1e-16,
-                    color=_color(m, i), label=m)
+        ax.semilogy(
+            rs[0]["ts_forecast"],
+            np.mean([r["energy_drift"] for r in rs], 0) + 1e-16,
+            color=_color(m, i),
+            label=m,
+        )
         drawn = True
     if not drawn:
         plt.close(fig)
@@ -163,10 +206,20 @@ def valid_prediction_time(rows, path: Path):
     fig, axes = plt.subplots(1, len(systems), figsize=(max(6, 5 * len(systems)), 4), squeeze=False)
     for ax, system in zip(axes[0], systems):
         models = list(dict.fromkeys(r["model"] for r in rows if r["system"] == system))
-        vals = [[r["vpt"] for r in rows if r["system"] == system and r["model"] == m and r["status"] == "ok"]
-                for m in models]
-        ax.bar(range(len(models)), [np.mean(v) if v else np.nan for v in vals],
-               yerr=[np.std(v) if len(v) > 1 else 0 for v in vals], color=[_color(m, i) for i, m in enumerate(models)])
+        vals = [
+            [
+                r["vpt"]
+                for r in rows
+                if r["system"] == system and r["model"] == m and r["status"] == "ok"
+            ]
+            for m in models
+        ]
+        ax.bar(
+            range(len(models)),
+            [np.mean(v) if v else np.nan for v in vals],
+            yerr=[np.std(v) if len(v) > 1 else 0 for v in vals],
+            color=[_color(m, i) for i, m in enumerate(models)],
+        )
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("valid prediction time / t_train")
         ax.set_title(system)
@@ -177,9 +230,15 @@ def valid_prediction_time(rows, path: Path):
 
 
 def learned_parameters(runs, system, path: Path):
-    cands = [(m, rs) for (s, m), rs in runs.items() if s == system and m.startswith("OscillatorModel")
-             and "true_coupling" in rs[0] and rs[0]["learned_frequencies"].shape == rs[0]["true_frequencies"].shape
-             and rs[0]["learned_coupling"].shape == rs[0]["true_coupling"].shape]
+    cands = [
+        (m, rs)
+        for (s, m), rs in runs.items()
+        if s == system
+        and m.startswith("OscillatorModel")
+        and "true_coupling" in rs[0]
+        and rs[0]["learned_frequencies"].shape == rs[0]["true_frequencies"].shape
+        and rs[0]["learned_coupling"].shape == rs[0]["true_coupling"].shape
+    ]
     if not cands:
         return None
     m, rs = cands[0]
@@ -205,19 +264,26 @@ def draw_all(out: Output, t_train: float) -> list[Path]:
     figures = out.figures
     figures.mkdir(parents=True, exist_ok=True)
     rows = read_metrics(out)
-    largest = {s: max(int(r["n_train"]) for r in rows if r["system"] == s) for s in {r["system"] for r in rows}}
+    largest = {
+        s: max(int(r["n_train"]) for r in rows if r["system"] == s)
+        for s in {r["system"] for r in rows}
+    }
     rows = [r for r in rows if int(r["n_train"]) == largest[r["system"]]]
     runs = load_runs(out, largest)
     _set_k_max({r["model"] for r in rows})
     made = []
     for system in sorted({r["system"] for r in rows}):
         tag = system
-        made += [motivating(runs, system, t_train, figures / f"motivating_{tag}.png"),
-                 nmse_over_time(runs, system, t_train, figures / f"nmse_{tag}.png"),
-                 energy_drift(runs, system, figures / f"energy_drift_{tag}.png"),
-                 learned_parameters(runs, system, figures / f"learned_parameters_{tag}.png")]
-    made += [interp_vs_extrap(rows, figures / "interp_vs_extrap.png"),
-             valid_prediction_time(rows, figures / "valid_prediction_time.png")]
+        made += [
+            motivating(runs, system, t_train, figures / f"motivating_{tag}.png"),
+            nmse_over_time(runs, system, t_train, figures / f"nmse_{tag}.png"),
+            energy_drift(runs, system, figures / f"energy_drift_{tag}.png"),
+            learned_parameters(runs, system, figures / f"learned_parameters_{tag}.png"),
+        ]
+    made += [
+        interp_vs_extrap(rows, figures / "interp_vs_extrap.png"),
+        valid_prediction_time(rows, figures / "valid_prediction_time.png"),
+    ]
     if out.attribution_csv.exists():
         from .attribution_figures import draw_all as draw_attribution
 
@@ -239,7 +305,9 @@ def main(argv=None) -> None:
     args, preset, _ = cli(Args, argv)
     out = Output(args.out or Path("results") / preset.name, args.figures)
     if not out.metrics.exists():
-        raise SystemExit(f"no results in {out.root}: run `python -m experiments.study --preset {preset.name}` first")
+        raise SystemExit(
+            f"no results in {out.root}: run `python -m experiments.study --preset {preset.name}` first"
+        )
     for p in draw_all(out, preset.t_train):
         print(p)
 

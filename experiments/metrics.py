@@ -14,7 +14,9 @@ def nmse_curve(pred: np.ndarray, true: np.ndarray, var: np.ndarray) -> np.ndarra
     return np.mean((pred - true) ** 2 / var, axis=(0, 2))
 
 
-def valid_prediction_time(pred: np.ndarray, true: np.ndarray, ts: np.ndarray, t_start: float) -> float:
+def valid_prediction_time(
+    pred: np.ndarray, true: np.ndarray, ts: np.ndarray, t_start: float
+) -> float:
     """Median over trajectories of the time from the forecast start `t_start` to the first `t`
     in `ts` where `mean((yhat - y)^2) / mean(y^2)` exceeds `VPT_THRESHOLD`; the whole horizon
     `ts[-1] - t_start` if never."""

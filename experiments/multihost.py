@@ -44,7 +44,9 @@ def my_jobs(preset: Preset, process_index: int, process_count: int) -> list[tupl
     return jobs(preset)[process_index::process_count]
 
 
-def run(preset: Preset, output: Output, *, process_index: int = 0, process_count: int = 1, progress=True):
+def run(
+    preset: Preset, output: Output, *, process_index: int = 0, process_count: int = 1, progress=True
+):
     from . import extrapolation
 
     extrapolation.check_labels(preset)
@@ -52,15 +54,20 @@ def run(preset: Preset, output: Output, *, process_index: int = 0, process_count
     for spec, mspec, seed, n_train in my_jobs(preset, process_index, process_count):
         row = extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
         if progress:
-            print(f"[process {process_index}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
-                  f"{row['status']}", flush=True)
+            print(
+                f"[process {process_index}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
+                f"{row['status']}",
+                flush=True,
+            )
     if process_count > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("study runs finished")
     if process_index == 0:  # every run is finished and stored: this reads them back
-        rows = [extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
-                for spec, mspec, seed, n_train in my_jobs(preset, 0, 1)]
+        rows = [
+            extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+            for spec, mspec, seed, n_train in my_jobs(preset, 0, 1)
+        ]
         extrapolation.write_metrics(rows, output)
         return rows
     return None
@@ -85,10 +92,18 @@ def main(argv=None) -> None:
     args, preset, _ = cli(Args, argv, default_preset="full")
     setup_jax()
     if args.num_processes > 1:
-        jax.distributed.initialize(coordinator_address=args.coordinator, num_processes=args.num_processes,
-                                   process_id=args.process_id)
-    run(preset, Output(args.out or Path("results") / preset.name), process_index=jax.process_index(),
-        process_count=jax.process_count(), progress=args.progress)
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    run(
+        preset,
+        Output(args.out or Path("results") / preset.name),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        progress=args.progress,
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,11 @@ import models
 from .specs import ModelSpec, OscillatorSpec, SystemSpec
 
 # --------------------------------------------------------------------------- systems
-_GRAPHS = {"chain": dynamics.chain_coupling, "ring": dynamics.ring_coupling,
-           "all": dynamics.all_to_all_coupling}
+_GRAPHS = {
+    "chain": dynamics.chain_coupling,
+    "ring": dynamics.ring_coupling,
+    "all": dynamics.all_to_all_coupling,
+}
 
 
 def _detuned(n: int, spread: float = 0.15) -> np.ndarray:
@@ -48,10 +51,16 @@ def kuramoto(n: int = 8, graph: str = "ring", kappa: float = 0.1) -> dynamics.Ku
     return dynamics.Kuramoto(omega=omega, coupling=_GRAPHS[graph](n, kappa))
 
 
-PENDULUMS4 = SystemSpec("CoupledPendulums", functools.partial(coupled, dynamics.CoupledPendulums),
-                        oscillator_kind="pendulum")
-HARMONIC4 = SystemSpec("HarmonicChain", functools.partial(coupled, dynamics.HarmonicChain, kappa=0.3),
-                       oscillator_kind="harmonic")
+PENDULUMS4 = SystemSpec(
+    "CoupledPendulums",
+    functools.partial(coupled, dynamics.CoupledPendulums),
+    oscillator_kind="pendulum",
+)
+HARMONIC4 = SystemSpec(
+    "HarmonicChain",
+    functools.partial(coupled, dynamics.HarmonicChain, kappa=0.3),
+    oscillator_kind="harmonic",
+)
 VANDERPOL4 = SystemSpec(
     "CoupledVanDerPol",
     functools.partial(coupled, dynamics.CoupledVanDerPol, graph="ring", kappa=0.1, mu=0.5),
@@ -124,8 +133,19 @@ class Preset:
         for f in ("n_val",):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
                 fail(f"{f} must be an integer >= 0, got {getattr(self, f)!r}")
-        for f in ("n_test", "context", "steps", "batch_size", "width", "hidden", "eval_every",
-                  "window", "attr_traj", "attr_horizons", "ig_steps"):
+        for f in (
+            "n_test",
+            "context",
+            "steps",
+            "batch_size",
+            "width",
+            "hidden",
+            "eval_every",
+            "window",
+            "attr_traj",
+            "attr_horizons",
+            "ig_steps",
+        ):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
                 fail(f"{f} must be an integer >= 1, got {getattr(self, f)!r}")
         for f in ("dt", "t_train", "t_end", "lr", "ood_scale"):
@@ -136,7 +156,9 @@ class Preset:
         if not self.t_train <= self.t_end:
             fail(f"need t_train <= t_end, got {self.t_train} > {self.t_end}")
         if self.context * self.dt >= self.t_train:
-            fail(f"the context ({self.context} states of dt={self.dt}) must end inside the training window")
+            fail(
+                f"the context ({self.context} states of dt={self.dt}) must end inside the training window"
+            )
         for f in ("seeds", "n_train"):
             vals = getattr(self, f)
             if not vals or len(set(vals)) != len(vals):
@@ -154,14 +176,21 @@ class Preset:
 
     def settings(self) -> dict:
         """The flat settings (every field but the name, systems and models)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("name", "systems", "models")}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("name", "systems", "models")
+        }
 
     def as_dict(self) -> dict:
         from .specs import jsonable
 
-        return {"name": self.name, "systems": [s.describe() for s in self.systems],
-                "models": [jsonable(dataclasses.asdict(m)) for m in self.models], **self.settings()}
+        return {
+            "name": self.name,
+            "systems": [s.describe() for s in self.systems],
+            "models": [jsonable(dataclasses.asdict(m)) for m in self.models],
+            **self.settings(),
+        }
 
     def overrides(self, base: Preset) -> dict:
         """The settings that differ from `base` (what the command line changed)."""
@@ -169,18 +198,42 @@ class Preset:
         return {k: v for k, v in mine.items() if v != theirs[k]}
 
 
-ALL_MODELS = (LSTM, NEURAL_ODE, SECOND_ORDER_NODE, OSCILLATORS_N, OSCILLATORS_2, HNN, LNN,
-              DISSIPATIVE_HNN)
+ALL_MODELS = (
+    LSTM,
+    NEURAL_ODE,
+    SECOND_ORDER_NODE,
+    OSCILLATORS_N,
+    OSCILLATORS_2,
+    HNN,
+    LNN,
+    DISSIPATIVE_HNN,
+)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
-        systems=(SystemSpec("CoupledPendulums",
-                            functools.partial(coupled, dynamics.CoupledPendulums, n=3),
-                            oscillator_kind="pendulum"),),
+        systems=(
+            SystemSpec(
+                "CoupledPendulums",
+                functools.partial(coupled, dynamics.CoupledPendulums, n=3),
+                oscillator_kind="pendulum",
+            ),
+        ),
         models=(OSCILLATORS_N, LSTM),
-        seeds=(0,), n_train=(8,), n_val=2, n_test=4, t_train=5.0, t_end=10.0, dt=0.1, context=10,
-        steps=60, eval_every=20, width=16, hidden=16, batch_size=8, window=10,
+        seeds=(0,),
+        n_train=(8,),
+        n_val=2,
+        n_test=4,
+        t_train=5.0,
+        t_end=10.0,
+        dt=0.1,
+        context=10,
+        steps=60,
+        eval_every=20,
+        width=16,
+        hidden=16,
+        batch_size=8,
+        window=10,
     ),
     "quick": Preset(
         name="quick",
@@ -193,8 +246,13 @@ PRESETS: dict[str, Preset] = {
         systems=(PENDULUMS4, HARMONIC4, VANDERPOL4, HUYGENS2, KURAMOTO8, DOUBLE_PENDULUM),
         models=ALL_MODELS,
         seeds=(0, 1, 2, 3, 4),
-        n_train=(256,), n_test=32, steps=5000, eval_every=500,
-        attr_traj=8, attr_horizons=24, ig_steps=32,
+        n_train=(256,),
+        n_test=32,
+        steps=5000,
+        eval_every=500,
+        attr_traj=8,
+        attr_horizons=24,
+        ig_steps=32,
     ),
 }
 
@@ -208,11 +266,14 @@ def get_preset(name: str) -> Preset:
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot load preset {name!r}: {e}") from e
         if not isinstance(obj, Preset):
-            raise ValueError(f"{name!r} is a {type(obj).__name__}, not an experiments.presets.Preset")
+            raise ValueError(
+                f"{name!r} is a {type(obj).__name__}, not an experiments.presets.Preset"
+            )
         return obj
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)} "
-                         "or give package.module:NAME")
+        raise ValueError(
+            f"unknown preset {name!r}; choose one of {sorted(PRESETS)} or give package.module:NAME"
+        )
     return PRESETS[name]
 
 
@@ -230,16 +291,30 @@ def cli(command: type, argv=None, *, default_preset: str = "quick", description:
     base = get_preset(known.preset)  # a bad name fails here, before any work
 
     # built with real type objects (this module's annotations are strings)
-    args_cls = dataclasses.make_dataclass("Args", [
-        ("cmd", Annotated[command, tyro.conf.OmitArgPrefixes]),
-        ("preset_settings", Annotated[Preset, tyro.conf.OmitArgPrefixes]),
-        ("preset", Annotated[str, tyro.conf.arg(
-            help="tiny, quick, full, or package.module:NAME (a Preset object of your own)")]),
-    ])
+    args_cls = dataclasses.make_dataclass(
+        "Args",
+        [
+            ("cmd", Annotated[command, tyro.conf.OmitArgPrefixes]),
+            ("preset_settings", Annotated[Preset, tyro.conf.OmitArgPrefixes]),
+            (
+                "preset",
+                Annotated[
+                    str,
+                    tyro.conf.arg(
+                        help="tiny, quick, full, or package.module:NAME (a Preset object of your own)"
+                    ),
+                ],
+            ),
+        ],
+    )
     doc = (description or command.__doc__ or "").strip()
     doc += f"\n\nPresets: {', '.join(sorted(PRESETS))} (or package.module:NAME); the defaults below are {base.name!r}'s."
-    args = tyro.cli(args_cls, args=argv, description=doc,
-                    default=args_cls(cmd=command(), preset_settings=base, preset=known.preset))
+    args = tyro.cli(
+        args_cls,
+        args=argv,
+        description=doc,
+        default=args_cls(cmd=command(), preset_settings=base, preset=known.preset),
+    )
     try:
         preset = dataclasses.replace(base, **args.preset_settings.settings())
     except ValueError as e:

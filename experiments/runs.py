@@ -41,15 +41,23 @@ def slug(label: str) -> str:
 
 def data_config(spec: SystemSpec, system, preset, *, seed: int, n_train: int) -> dict:
     """Everything that determines a dataset: the system, the seed, the sizes and times."""
-    return {"system": spec.describe(system), "seed": seed, "n_train": n_train,
-            **{f: getattr(preset, f) for f in DATA_FIELDS}}
+    return {
+        "system": spec.describe(system),
+        "seed": seed,
+        "n_train": n_train,
+        **{f: getattr(preset, f) for f in DATA_FIELDS},
+    }
 
 
-def run_config(spec: SystemSpec, system, model: ModelSpec, preset, *, seed: int, n_train: int) -> dict:
+def run_config(
+    spec: SystemSpec, system, model: ModelSpec, preset, *, seed: int, n_train: int
+) -> dict:
     """Everything that determines a run: its data, the model as built, training and scoring."""
-    return {"data": data_config(spec, system, preset, seed=seed, n_train=n_train),
-            "model": model.describe(system, spec, preset),
-            **{f: getattr(preset, f) for f in RUN_FIELDS}}
+    return {
+        "data": data_config(spec, system, preset, seed=seed, n_train=n_train),
+        "model": model.describe(system, spec, preset),
+        **{f: getattr(preset, f) for f in RUN_FIELDS},
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +123,14 @@ class Output:
 
     # ---- one run
     def run_dir(self, key: RunKey) -> Path:
-        return self.root / "runs" / slug(key.system) / slug(key.model) / f"n{key.n_train}" / f"seed{key.seed}"
+        return (
+            self.root
+            / "runs"
+            / slug(key.system)
+            / slug(key.model)
+            / f"n{key.n_train}"
+            / f"seed{key.seed}"
+        )
 
     def run_file(self, key: RunKey, name: str) -> Path:
         """`result.json`, `config.json`, `arrays.npz`, `model.npz`, `history.json`,
@@ -134,16 +149,20 @@ class Output:
         if not path.exists():
             cfg = self.run_file(key, "config.json")
             if cfg.exists() and _stored_hash(cfg) != key.config_hash:
-                log(f"[runs] {key.describe()}: an interrupted run of another configuration is "
-                    "discarded (its checkpoints would not match)")
+                log(
+                    f"[runs] {key.describe()}: an interrupted run of another configuration is "
+                    "discarded (its checkpoints would not match)"
+                )
                 shutil.rmtree(self.run_dir(key), ignore_errors=True)
             return None
         stored = _stored_hash(path)
         if stored == key.config_hash:
             return json.loads(path.read_text())
         changed = _changed(self.run_file(key, "config.json"), config)
-        log(f"[runs] {key.describe()}: the stored result has config hash {stored}, the current "
-            f"configuration {key.config_hash}{changed}; recomputing")
+        log(
+            f"[runs] {key.describe()}: the stored result has config hash {stored}, the current "
+            f"configuration {key.config_hash}{changed}; recomputing"
+        )
         shutil.rmtree(self.run_dir(key), ignore_errors=True)
         return None
 
@@ -176,6 +195,9 @@ def _changed(stored_config: Path, config: dict | None) -> str:
     from .specs import jsonable
 
     new = _flatten(jsonable(config))
-    diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
+    diff = [
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
     return f" (changed: {', '.join(diff[:6])}{', ...' if len(diff) > 6 else ''})" if diff else ""

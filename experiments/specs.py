@@ -47,8 +47,11 @@ def jsonable(value):
     if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "__array__"):
         return np.asarray(value).tolist()
     if isinstance(value, functools.partial):
-        return {"partial": _qualname(value.func), "args": jsonable(value.args),
-                "kwargs": jsonable(value.keywords)}
+        return {
+            "partial": _qualname(value.func),
+            "args": jsonable(value.args),
+            "kwargs": jsonable(value.keywords),
+        }
     if callable(value):
         return _qualname(value)
     return repr(value)
@@ -80,7 +83,9 @@ class SystemSpec:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"SystemSpec.name must be a non-empty string, got {self.name!r}")
         if not callable(self.factory):
-            raise ValueError(f"SystemSpec {self.name!r}: factory must be callable, got {self.factory!r}")
+            raise ValueError(
+                f"SystemSpec {self.name!r}: factory must be callable, got {self.factory!r}"
+            )
 
     def build(self) -> dynamics.AbstractSystem:
         system = self.factory()
@@ -98,8 +103,12 @@ class SystemSpec:
             params = system.parameters()
         except (TypeError, ValueError):  # a field that is not an array (a callable)
             params = {f.name: getattr(system, f.name) for f in dataclasses.fields(system)}
-        return {"name": self.name, "class": _qualname(type(system)), "params": jsonable(params),
-                "oscillator_kind": self.oscillator_kind}
+        return {
+            "name": self.name,
+            "class": _qualname(type(system)),
+            "params": jsonable(params),
+            "oscillator_kind": self.oscillator_kind,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +139,15 @@ class ModelSpec:
 
     def __post_init__(self):
         if not (isinstance(self.cls, type) and issubclass(self.cls, models.AbstractModel)):
-            raise ValueError(f"ModelSpec.cls must be a models.AbstractModel subclass, got {self.cls!r}")
+            raise ValueError(
+                f"ModelSpec.cls must be a models.AbstractModel subclass, got {self.cls!r}"
+            )
         bad = set(self.train) - set(self._TRAIN_KEYS)
         if bad:
-            raise ValueError(f"ModelSpec {self.cls.__name__}: unknown training overrides {sorted(bad)}; "
-                             f"allowed: {self._TRAIN_KEYS}")
+            raise ValueError(
+                f"ModelSpec {self.cls.__name__}: unknown training overrides {sorted(bad)}; "
+                f"allowed: {self._TRAIN_KEYS}"
+            )
 
     def label_for(self, system: dynamics.AbstractSystem) -> str:
         """The label of this model on `system` (unique among a preset's models on it)."""
@@ -142,8 +155,10 @@ class ModelSpec:
 
     def applicable(self, system: dynamics.AbstractSystem, spec: SystemSpec) -> str | None:
         if getattr(self.cls, "needs_canonical", False) and not system.second_order:
-            return (f"{self.cls.__name__} needs a canonical (q, p) state; "
-                    f"{type(system).__name__} is first order")
+            return (
+                f"{self.cls.__name__} needs a canonical (q, p) state; "
+                f"{type(system).__name__} is first order"
+            )
         return None
 
     def constructor_kwargs(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset) -> dict:
@@ -152,12 +167,17 @@ class ModelSpec:
         return out
 
     def build(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset, *, rngs):
-        return self.cls(system.state_dim, **self.constructor_kwargs(system, spec, preset), rngs=rngs)
+        return self.cls(
+            system.state_dim, **self.constructor_kwargs(system, spec, preset), rngs=rngs
+        )
 
     def describe(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset) -> dict:
-        return {"class": _qualname(self.cls), "label": self.label_for(system),
-                "kwargs": jsonable(self.constructor_kwargs(system, spec, preset)),
-                "train": jsonable(dict(self.train))}
+        return {
+            "class": _qualname(self.cls),
+            "label": self.label_for(system),
+            "kwargs": jsonable(self.constructor_kwargs(system, spec, preset)),
+            "train": jsonable(dict(self.train)),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,13 +210,20 @@ class OscillatorSpec(ModelSpec):
         if spec.oscillator_kind is None:
             return f"no oscillator law is declared for {spec.name} (SystemSpec.oscillator_kind)"
         if system.state_dim % 2:
-            return (f"OscillatorModel observes (q, p) pairs; {spec.name} has an odd state of "
-                    f"{system.state_dim} coordinates")
+            return (
+                f"OscillatorModel observes (q, p) pairs; {spec.name} has an odd state of "
+                f"{system.state_dim} coordinates"
+            )
         if self.k != "n" and self.k >= system.n_oscillators:
-            return (f"k={self.k} is not fewer than the {system.n_oscillators} oscillators of "
-                    f"{spec.name}; OscillatorModel(k=n) is that model")
+            return (
+                f"k={self.k} is not fewer than the {system.n_oscillators} oscillators of "
+                f"{spec.name}; OscillatorModel(k=n) is that model"
+            )
         return super().applicable(system, spec)
 
     def constructor_kwargs(self, system, spec: SystemSpec, preset) -> dict:
-        return {"k": self.resolved_k(system), "kind": spec.oscillator_kind,
-                **super().constructor_kwargs(system, spec, preset)}
+        return {
+            "k": self.resolved_k(system),
+            "kind": spec.oscillator_kind,
+            **super().constructor_kwargs(system, spec, preset),
+        }

@@ -56,8 +56,10 @@ def main(argv=None) -> None:
     write_json_atomic(output.timings, timings)
     print(extrapolation.summary_markdown(rows))
     print(f"figures: {', '.join(str(p) for p in made)}")
-    print(f"wall time {timings['total_seconds']:.1f} s (extrapolation "
-          f"{timings['extrapolation_seconds']:.1f} s); results in {output.root}")
+    print(
+        f"wall time {timings['total_seconds']:.1f} s (extrapolation "
+        f"{timings['extrapolation_seconds']:.1f} s); results in {output.root}"
+    )
 
 
 if __name__ == "__main__":

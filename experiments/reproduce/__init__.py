@@ -47,7 +47,13 @@ from ._lnn import (
     lnn_optimizer as lnn_optimizer,
     run_dp as run_dp,
 )
-from ._presets import MODELS as MODELS, PRESETS as PRESETS, TASKS as TASKS, Preset as Preset, get_preset as get_preset
+from ._presets import (
+    MODELS as MODELS,
+    PRESETS as PRESETS,
+    TASKS as TASKS,
+    Preset as Preset,
+    get_preset as get_preset,
+)
 from ._report import (
     COLUMNS as COLUMNS,
     PUBLISHED as PUBLISHED,

@@ -52,9 +52,13 @@ def main(argv=None) -> list[dict]:
     cmd = parse(argv)
     preset = cmd.budgets
     setup_jax()  # the shared compilation cache ...
-    jax.config.update("jax_enable_x64", False)  # ... but the papers trained in float32; data are made in float64
+    jax.config.update(
+        "jax_enable_x64", False
+    )  # ... but the papers trained in float32; data are made in float64
     out = cmd.out or Path("results") / preset.name
     rows = run(preset, out, tasks=cmd.tasks, force=cmd.force)
     print(summary_markdown(rows, preset, {}))
-    print(f"[reproduce] wrote {out / 'reproduce.csv'}, {out / 'reproduce.md'}, {out / 'reproduce.json'}")
+    print(
+        f"[reproduce] wrote {out / 'reproduce.csv'}, {out / 'reproduce.md'}, {out / 'reproduce.json'}"
+    )
     return rows

@@ -127,8 +127,17 @@ def hnn_dataset(task: str, seed: int, *, samples: int = 50, test_split: float = 
     dx = hnn_true_field(task, clean)  # targets: noise-free derivatives at the noise-free states
     split = int(samples * test_split)
     flat = lambda a: a.reshape(-1, 2)  # noqa: E731
-    return dict(x=flat(noisy[:split]), dx=flat(dx[:split]), test_x=flat(noisy[split:]),
-                test_dx=flat(dx[split:]), clean=clean, noisy=noisy, t=ts, y0=y0s, radius=radii)
+    return dict(
+        x=flat(noisy[:split]),
+        dx=flat(dx[:split]),
+        test_x=flat(noisy[split:]),
+        test_dx=flat(dx[split:]),
+        clean=clean,
+        noisy=noisy,
+        t=ts,
+        y0=y0s,
+        radius=radii,
+    )
 
 
 def hnn_eval_states(seed: int, n: int) -> np.ndarray:
@@ -147,7 +156,7 @@ def orthogonal_init(mlp: models.MLP, key) -> None:
         layer.kernel[...] = init(k, layer.kernel.shape, layer.kernel.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hnn_optimizer() -> optax.GradientTransformation:
     """torch.optim.Adam(lr=1e-3, weight_decay=1e-4): L2 added to the gradient, then Adam.
     Cached: one object, so that every seed reuses `models.fit`'s compilation."""
@@ -199,8 +208,16 @@ def run_hnn_task(task: str, seed: int, preset: Preset) -> dict[str, dict]:
         orthogonal_init(model.net, jax.random.fold_in(key, 1))
 
         t0 = time.perf_counter()
-        model, history = models.fit(model, (x, dx), key=key, steps=preset.hnn_steps, eval_every=100,
-                                    optimizer=hnn_optimizer(), loss=derivative_mse, progress=False)
+        model, history = models.fit(
+            model,
+            (x, dx),
+            key=key,
+            steps=preset.hnn_steps,
+            eval_every=100,
+            optimizer=hnn_optimizer(),
+            loss=derivative_mse,
+            progress=False,
+        )
         train_s = time.perf_counter() - t0
         test_loss, train_loss = eval_mse(model, tx, tdx), eval_mse(model, x, dx)
         pred = rollout(model, plain_field, x0, len(t_eval) - 1, dt, substeps)
@@ -209,10 +226,14 @@ def run_hnn_task(task: str, seed: int, preset: Preset) -> dict[str, dict]:
         # diagnostic: the spring notebook's `energy_loss` compares q^2 + p^2 instead of H
         sq = np.mean(((true**2).sum(-1) - (pred**2).sum(-1)) ** 2, axis=1)
         out[label] = dict(
-            test_loss=test_loss, train_loss=train_loss, energy_mse=float(per_rollout.mean()),
-            energy_mse_per_rollout=per_rollout.tolist(), energy_mse_q2p2=float(sq.mean()),
+            test_loss=test_loss,
+            train_loss=train_loss,
+            energy_mse=float(per_rollout.mean()),
+            energy_mse_per_rollout=per_rollout.tolist(),
+            energy_mse_q2p2=float(sq.mean()),
             energy_error=float(np.mean(np.abs(e_pred[:, -1] - e_true[:, -1]) / e_true[:, 0])),
-            train_seconds=train_s, n_params=n_params(model),
+            train_seconds=train_s,
+            n_params=n_params(model),
             final_train_loss=history[-1]["train_loss"],  # mean over the last (up to) 100 steps
         )
     return out

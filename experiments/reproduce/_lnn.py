@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +45,10 @@ def _wrap(q):
 
 def wrapped_field(model) -> Callable:
     """The model's field with the angles wrapped to [-pi, pi) first (the LNN code wraps q)."""
+
     def field(y):
         return model.field(jnp.concatenate([_wrap(y[:2]), y[2:]]))
+
     return field
 
 
@@ -71,13 +73,13 @@ def dp_l1_loss(model, batch, key, *, batch_size: int):
     return jnp.mean(jnp.abs(jax.vmap(wrapped_field(model))(y)[:, 2:] - dp_accelerations(y)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dp_loss(batch_size: int) -> Callable:
     """`dp_l1_loss` for one batch size; cached, so that `models.fit` compiles once per size."""
     return functools.partial(dp_l1_loss, batch_size=batch_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lnn_optimizer(steps: int, peak: float = 1e-3) -> optax.GradientTransformation:
     """Adam with a one-cycle schedule peaking at `peak` (the LNN notebooks' OneCycleLR, 1e-3)."""
     return optax.adam(optax.cosine_onecycle_schedule(steps, peak_value=peak))
@@ -102,15 +104,24 @@ def run_dp(label: str, seed: int, preset: Preset) -> dict:
     system = dynamics.DoublePendulum()
     rngs = nnx.Rngs(seed)
     cls = models.LNN if label == "LNN" else models.SecondOrderNODE
-    model = cls(4, width=preset.lnn_width, depth=preset.lnn_depth, objective="derivative", rngs=rngs)
+    model = cls(
+        4, width=preset.lnn_width, depth=preset.lnn_depth, objective="derivative", rngs=rngs
+    )
     key = jax.random.key(1000 + seed)
     if preset.lnn_normalise:  # the standard deviations of the uniform training distribution
         model.std[...] = jnp.asarray([np.pi, np.pi, 10.0, 10.0], jnp.float32) / np.sqrt(3.0)
 
     t0 = time.perf_counter()
-    model, history = models.fit(model, None, key=key, steps=preset.lnn_steps, eval_every=100,
-                                optimizer=lnn_optimizer(preset.lnn_steps, preset.lnn_lr),
-                                loss=dp_loss(preset.lnn_batch), progress=False)
+    model, history = models.fit(
+        model,
+        None,
+        key=key,
+        steps=preset.lnn_steps,
+        eval_every=100,
+        optimizer=lnn_optimizer(preset.lnn_steps, preset.lnn_lr),
+        loss=dp_loss(preset.lnn_batch),
+        progress=False,
+    )
     train_s = time.perf_counter() - t0
     graphdef, state = nnx.split(model)
     test_loss = float(_dp_test_loss(state, graphdef=graphdef))
@@ -132,8 +143,11 @@ def run_dp(label: str, seed: int, preset: Preset) -> dict:
         energy_error=float(np.mean(err_t[:, -1])) if finite.all() else float("nan"),
         energy_error_median=float(np.median(err_t[:, -1])),
         energy_error_time_mean=float(np.mean(err_t)),
-        energy_mse=float(np.mean((e_pred - e_true) ** 2)), n_nonfinite_rollouts=int((~finite).sum()),
-        train_seconds=train_s, rollout_seconds=rollout_s, n_params=n_params(model),
+        energy_mse=float(np.mean((e_pred - e_true) ** 2)),
+        n_nonfinite_rollouts=int((~finite).sum()),
+        train_seconds=train_s,
+        rollout_seconds=rollout_s,
+        n_params=n_params(model),
     )
 
 
@@ -143,8 +157,13 @@ def integrator_floor(preset: Preset) -> float:
     y0 = dp_eval_states(0, preset.lnn_rollouts)
     n_steps = int(round(preset.lnn_t_end * 10))
     y0j = jnp.asarray(y0, jnp.float32)
-    ys = jax.jit(jax.vmap(lambda y: models.integrate(lambda s: system.vector_field(0.0, s), y, n_steps, 0.1,
-                                                     substeps=preset.lnn_substeps)))(y0j)
+    ys = jax.jit(
+        jax.vmap(
+            lambda y: models.integrate(
+                lambda s: system.vector_field(0.0, s), y, n_steps, 0.1, substeps=preset.lnn_substeps
+            )
+        )
+    )(y0j)
     pred = np.concatenate([y0[:, None], np.asarray(ys, np.float64)], axis=1)
     with jax.enable_x64(True):
         e = np.asarray(system.energy(jnp.asarray(pred, jnp.float64)))

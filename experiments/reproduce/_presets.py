@@ -12,8 +12,11 @@ from typing import Annotated
 import tyro
 
 TASKS = ("mass_spring", "pendulum", "double_pendulum")
-MODELS = {"mass_spring": ("baseline", "HNN"), "pendulum": ("baseline", "HNN"),
-          "double_pendulum": ("baseline", "LNN")}
+MODELS = {
+    "mass_spring": ("baseline", "HNN"),
+    "pendulum": ("baseline", "HNN"),
+    "double_pendulum": ("baseline", "LNN"),
+}
 #: bump when a change to the code changes the numbers (invalidates stored rows); 2: trained
 #: through `models.fit` (the double pendulum's per-step sampling keys changed)
 VERSION = 2
@@ -57,13 +60,25 @@ class Preset:
     """stretch the learned fields' rollout time by 1 + 0.9 * noise_std, as the HNN notebooks did"""
 
     def __post_init__(self):
-        for f in ("hnn_steps", "hnn_energy_rollouts", "lnn_steps", "lnn_batch", "lnn_width", "lnn_depth",
-                  "lnn_rollouts", "lnn_substeps"):
+        for f in (
+            "hnn_steps",
+            "hnn_energy_rollouts",
+            "lnn_steps",
+            "lnn_batch",
+            "lnn_width",
+            "lnn_depth",
+            "lnn_rollouts",
+            "lnn_substeps",
+        ):
             if getattr(self, f) < 1:
-                raise ValueError(f"preset {self.name!r}: {f} must be >= 1, got {getattr(self, f)!r}")
+                raise ValueError(
+                    f"preset {self.name!r}: {f} must be >= 1, got {getattr(self, f)!r}"
+                )
         for f in ("lnn_t_end", "lnn_lr"):
             if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
-                raise ValueError(f"preset {self.name!r}: {f} must be finite and > 0, got {getattr(self, f)!r}")
+                raise ValueError(
+                    f"preset {self.name!r}: {f} must be finite and > 0, got {getattr(self, f)!r}"
+                )
         for f in ("hnn_seeds", "lnn_seeds"):
             if not getattr(self, f):
                 raise ValueError(f"preset {self.name!r}: {f} needs at least one seed")
@@ -78,30 +93,70 @@ class Preset:
         return tuple(n for n in names if not n.startswith("lnn_"))
 
     def task_config(self, task: str) -> dict:
-        return {"task": task, "version": VERSION, **{k: getattr(self, k) for k in self.task_fields(task)}}
+        return {
+            "task": task,
+            "version": VERSION,
+            **{k: getattr(self, k) for k in self.task_fields(task)},
+        }
 
     def config_hash(self, task: str) -> str:
-        return hashlib.sha256(json.dumps(self.task_config(task), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(
+            json.dumps(self.task_config(task), sort_keys=True).encode()
+        ).hexdigest()[:12]
 
     def seeds(self, task: str) -> tuple[int, ...]:
         return self.lnn_seeds if task == "double_pendulum" else self.hnn_seeds
 
     def notes(self, task: str) -> str:
         if task == "double_pendulum":
-            return (f"REDUCED budget: {self.lnn_steps} Adam steps x batch {self.lnn_batch}, "
-                    f"{self.lnn_depth}x{self.lnn_width} softplus MLP (paper: ~600k steps x 512, 3x600); "
-                    f"{self.lnn_rollouts} rollouts to t={self.lnn_t_end:g} (paper: 40 to t=100)")
-        base = "paper set-up" if self.hnn_steps == 2000 else f"REDUCED: {self.hnn_steps} steps (paper 2000)"
+            return (
+                f"REDUCED budget: {self.lnn_steps} Adam steps x batch {self.lnn_batch}, "
+                f"{self.lnn_depth}x{self.lnn_width} softplus MLP (paper: ~600k steps x 512, 3x600); "
+                f"{self.lnn_rollouts} rollouts to t={self.lnn_t_end:g} (paper: 40 to t=100)"
+            )
+        base = (
+            "paper set-up"
+            if self.hnn_steps == 2000
+            else f"REDUCED: {self.hnn_steps} steps (paper 2000)"
+        )
         return f"{base}; {len(self.hnn_seeds)} seed(s) (paper: 1); {self.hnn_energy_rollouts} energy rollouts"
 
 
 PRESETS = {
-    "tiny": Preset("tiny", hnn_steps=150, hnn_seeds=(0,), hnn_energy_rollouts=4, lnn_steps=20, lnn_batch=16,
-                   lnn_width=8, lnn_depth=2, lnn_seeds=(0,), lnn_rollouts=2, lnn_t_end=2.0, lnn_substeps=1),
-    "quick": Preset("quick", hnn_steps=1000, hnn_seeds=(0,), lnn_steps=1000, lnn_batch=128, lnn_width=32,
-                    lnn_seeds=(0,), lnn_rollouts=20, lnn_substeps=8),
-    "full": Preset("full", hnn_steps=2000, hnn_seeds=(0, 1, 2), lnn_steps=3000, lnn_batch=128, lnn_width=64,
-                   lnn_seeds=(0, 1)),
+    "tiny": Preset(
+        "tiny",
+        hnn_steps=150,
+        hnn_seeds=(0,),
+        hnn_energy_rollouts=4,
+        lnn_steps=20,
+        lnn_batch=16,
+        lnn_width=8,
+        lnn_depth=2,
+        lnn_seeds=(0,),
+        lnn_rollouts=2,
+        lnn_t_end=2.0,
+        lnn_substeps=1,
+    ),
+    "quick": Preset(
+        "quick",
+        hnn_steps=1000,
+        hnn_seeds=(0,),
+        lnn_steps=1000,
+        lnn_batch=128,
+        lnn_width=32,
+        lnn_seeds=(0,),
+        lnn_rollouts=20,
+        lnn_substeps=8,
+    ),
+    "full": Preset(
+        "full",
+        hnn_steps=2000,
+        hnn_seeds=(0, 1, 2),
+        lnn_steps=3000,
+        lnn_batch=128,
+        lnn_width=64,
+        lnn_seeds=(0, 1),
+    ),
 }
 
 

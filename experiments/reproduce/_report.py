@@ -14,10 +14,24 @@ from .._runtime import write_text_atomic
 from ._presets import TASKS, Preset
 
 COLUMNS = (
-    "task", "model", "test_loss", "energy_mse", "energy_error",
-    "published_test_loss", "published_energy_mse", "published_energy_error",
-    "test_loss_std", "energy_mse_std", "energy_error_std", "energy_mse_q2p2", "energy_error_median",
-    "seeds", "n_params", "train_seconds", "config", "notes",
+    "task",
+    "model",
+    "test_loss",
+    "energy_mse",
+    "energy_error",
+    "published_test_loss",
+    "published_energy_mse",
+    "published_energy_error",
+    "test_loss_std",
+    "energy_mse_std",
+    "energy_error_std",
+    "energy_mse_q2p2",
+    "energy_error_median",
+    "seeds",
+    "n_params",
+    "train_seconds",
+    "config",
+    "notes",
 )
 #: the papers' numbers (HNN: README table of greydanus/hamiltonian-nn, single seed, +- standard
 #: error over points or rollouts; LNN: the notebooks' outputs, ~0.4 % against ~7-9 %)
@@ -65,8 +79,13 @@ def _stat(values):
 
 def aggregate(task: str, label: str, per_seed: dict[int, dict], preset: Preset) -> dict:
     pub = PUBLISHED.get((task, label), {})
-    row = dict(task=task, model=label, seeds=";".join(str(s) for s in sorted(per_seed)),
-               config=preset.config_hash(task), notes=preset.notes(task))
+    row = dict(
+        task=task,
+        model=label,
+        seeds=";".join(str(s) for s in sorted(per_seed)),
+        config=preset.config_hash(task),
+        notes=preset.notes(task),
+    )
     for m in ("test_loss", "energy_mse", "energy_error"):
         row[m], row[m + "_std"] = _stat(r.get(m) for r in per_seed.values())
         row["published_" + m] = pub.get(m)
@@ -91,19 +110,23 @@ def _fmt(x, digits=3) -> str:
 
 def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
     lines = [
-        f"# Reproductions of the HNN and LNN papers (preset `{preset.name}`)", "",
+        f"# Reproductions of the HNN and LNN papers (preset `{preset.name}`)",
+        "",
         "| task | model | test loss | published | energy MSE | published | energy error | published | seeds | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (TASKS.index(r["task"]), r["model"] != "baseline")):
+
         def cell(m):
             s = _fmt(r.get(m))
             sd = _fmt(r.get(m + "_std"), 2)
             return s if sd == "-" else f"{s} ± {sd}"
+
         lines.append(
             f"| {r['task']} | {r['model']} | {cell('test_loss')} | {_fmt(r.get('published_test_loss'))} | "
             f"{cell('energy_mse')} | {_fmt(r.get('published_energy_mse'))} | {cell('energy_error')} | "
-            f"{_fmt(r.get('published_energy_error'))} | {r['seeds']} | {r['notes']} |")
+            f"{_fmt(r.get('published_energy_error'))} | {r['seeds']} | {r['notes']} |"
+        )
     lines += [
         "",
         "Mean ± standard deviation over seeds. HNN tasks: `test loss` = MSE of the predicted "
@@ -125,30 +148,55 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
         "training budget; the project's LNN solves with a Tikhonov-regularised inverse Hessian "
         "(eps 1e-3) instead of `pinv`; lecun-normal rather than the paper's tuned initialisation.",
     ]
-    q2 = {f"{r['task']}/{r['model']}": r.get("energy_mse_q2p2") for r in rows if r["task"] != "double_pendulum"}
+    q2 = {
+        f"{r['task']}/{r['model']}": r.get("energy_mse_q2p2")
+        for r in rows
+        if r["task"] != "double_pendulum"
+    }
     if any(_fmt(v) != "-" for v in q2.values()):
-        lines += ["", "Diagnostic (`energy_mse_q2p2` in the csv): the same rollouts scored with the spring "
-                      "notebook's `energy_loss`, which compares q^2 + p^2 rather than H (the same thing for the "
-                      "spring; for the pendulum q^2 + p^2 is not conserved, so it also counts phase errors): "
-                  + "; ".join(f"{k} {_fmt(v)}" for k, v in q2.items()) + "."]
+        lines += [
+            "",
+            "Diagnostic (`energy_mse_q2p2` in the csv): the same rollouts scored with the spring "
+            "notebook's `energy_loss`, which compares q^2 + p^2 rather than H (the same thing for the "
+            "spring; for the pendulum q^2 + p^2 is not conserved, so it also counts phase errors): "
+            + "; ".join(f"{k} {_fmt(v)}" for k, v in q2.items())
+            + ".",
+        ]
     dp = {r["model"]: r.get("energy_error_median") for r in rows if r["task"] == "double_pendulum"}
     if dp:
-        lines += ["", "Double pendulum, median over rollouts of the final energy error (the mean is dominated "
-                      "by rollouts that run away): " + "; ".join(f"{k} {_fmt(v)}" for k, v in dp.items()) + ". "
-                      "At these CPU budgets both networks are far from the paper's accuracy (acceleration L1 "
-                      "error ~10-20 per component against ~0.04 in the LNN baseline notebook). In a check of the "
-                      "`full` preset's LNN (seed 0) the learned d2L/dq'2 had a non-positive eigenvalue at 84% of "
-                      "random training states and at all 40 rollout starts (the true one is positive definite), "
-                      "so the learned energy is unbounded and the LNN's rollouts run away within ~2-20 time "
-                      "units: the LNN's energy conservation does not reproduce at this budget."]
+        lines += [
+            "",
+            "Double pendulum, median over rollouts of the final energy error (the mean is dominated "
+            "by rollouts that run away): "
+            + "; ".join(f"{k} {_fmt(v)}" for k, v in dp.items())
+            + ". "
+            "At these CPU budgets both networks are far from the paper's accuracy (acceleration L1 "
+            "error ~10-20 per component against ~0.04 in the LNN baseline notebook). In a check of the "
+            "`full` preset's LNN (seed 0) the learned d2L/dq'2 had a non-positive eigenvalue at 84% of "
+            "random training states and at all 40 rollout starts (the true one is positive definite), "
+            "so the learned energy is unbounded and the LNN's rollouts run away within ~2-20 time "
+            "units: the LNN's energy conservation does not reproduce at this budget.",
+        ]
     if "integrator_floor" in extra:
-        lines += ["", f"RK4 floor of the double-pendulum metric (true field, same grid, float32): "
-                      f"{extra['integrator_floor']:.2e}."]
+        lines += [
+            "",
+            f"RK4 floor of the double-pendulum metric (true field, same grid, float32): "
+            f"{extra['integrator_floor']:.2e}.",
+        ]
     if extra.get("seed0"):
-        lines += ["", "Seed 0 alone (its data set is the authors' own: same generator, same draws), "
-                      "test loss / energy MSE: " + "; ".join(f"{k} {_fmt(a)} / {_fmt(b)}"
-                                                             for k, (a, b) in sorted(extra["seed0"].items())) + "."]
+        lines += [
+            "",
+            "Seed 0 alone (its data set is the authors' own: same generator, same draws), "
+            "test loss / energy MSE: "
+            + "; ".join(
+                f"{k} {_fmt(a)} / {_fmt(b)}" for k, (a, b) in sorted(extra["seed0"].items())
+            )
+            + ".",
+        ]
     if "wall_seconds" in extra:
-        lines += ["", f"Training time summed over the runs: {extra.get('train_seconds_total', 0):.0f} s; wall time "
-                      f"of the last invocation: {extra['wall_seconds']:.0f} s (reruns skip finished runs)."]
+        lines += [
+            "",
+            f"Training time summed over the runs: {extra.get('train_seconds_total', 0):.0f} s; wall time "
+            f"of the last invocation: {extra['wall_seconds']:.0f} s (reruns skip finished runs).",
+        ]
     return "\n".join(lines) + "\n"

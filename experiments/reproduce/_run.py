@@ -27,24 +27,44 @@ def run(preset: Preset, out: Path, *, tasks=TASKS, force: bool = False, log=prin
     def save():
         write_rows(csv_path, list(rows.values()))
         write_json_atomic(runs_path, runs)
-        write_json_atomic(out / "reproduce.json", {
-            "preset": dataclasses.asdict(preset), "tasks": list(tasks),
-            "task_configs": {t: preset.task_config(t) for t in TASKS},
-            "config_hashes": {t: preset.config_hash(t) for t in TASKS},
-            "environment": environment(), "published": {f"{t}/{m}": v for (t, m), v in PUBLISHED.items()},
-            "runs": runs, **extra})
-        write_text_atomic(out / "reproduce.md", summary_markdown(list(rows.values()), preset, extra))
+        write_json_atomic(
+            out / "reproduce.json",
+            {
+                "preset": dataclasses.asdict(preset),
+                "tasks": list(tasks),
+                "task_configs": {t: preset.task_config(t) for t in TASKS},
+                "config_hashes": {t: preset.config_hash(t) for t in TASKS},
+                "environment": environment(),
+                "published": {f"{t}/{m}": v for (t, m), v in PUBLISHED.items()},
+                "runs": runs,
+                **extra,
+            },
+        )
+        write_text_atomic(
+            out / "reproduce.md", summary_markdown(list(rows.values()), preset, extra)
+        )
 
     for task in tasks:
         cfg = preset.config_hash(task)
         labels = MODELS[task]
-        keys = {(label, seed): f"{task}/{label}/{seed}/{cfg}" for label in labels for seed in preset.seeds(task)}
-        if not force and not all(k in runs for k in keys.values()) and all(
-                rows.get((task, m), {}).get("config") == cfg for m in labels):
-            log(f"[reproduce] {task}: complete for this configuration, skipped")  # rows kept as they are
+        keys = {
+            (label, seed): f"{task}/{label}/{seed}/{cfg}"
+            for label in labels
+            for seed in preset.seeds(task)
+        }
+        if (
+            not force
+            and not all(k in runs for k in keys.values())
+            and all(rows.get((task, m), {}).get("config") == cfg for m in labels)
+        ):
+            log(
+                f"[reproduce] {task}: complete for this configuration, skipped"
+            )  # rows kept as they are
             continue
         if not force and all(k in runs for k in keys.values()):
-            log(f"[reproduce] {task}: complete for this configuration, skipped")  # rows re-derived below
+            log(
+                f"[reproduce] {task}: complete for this configuration, skipped"
+            )  # rows re-derived below
         for seed in preset.seeds(task):
             if task == "double_pendulum":
                 for label in labels:
@@ -52,7 +72,12 @@ def run(preset: Preset, out: Path, *, tasks=TASKS, force: bool = False, log=prin
                     if k not in runs:
                         log(f"[reproduce] {task} {label} seed {seed} ...")
                         runs[k] = run_dp(label, seed, preset)
-                        shown = ("test_loss", "energy_error", "energy_error_median", "train_seconds")
+                        shown = (
+                            "test_loss",
+                            "energy_error",
+                            "energy_error_median",
+                            "train_seconds",
+                        )
                         log(f"[reproduce]   {json.dumps({m: runs[k][m] for m in shown})}")
                         save()
             elif not all(keys[(label, seed)] in runs for label in labels):
@@ -60,8 +85,10 @@ def run(preset: Preset, out: Path, *, tasks=TASKS, force: bool = False, log=prin
                 res = run_hnn_task(task, seed, preset)
                 for label in labels:
                     runs[keys[(label, seed)]] = res[label]
-                    log(f"[reproduce]   {label}: test_loss {res[label]['test_loss']:.4e} "
-                        f"energy_mse {res[label]['energy_mse']:.4e} ({res[label]['train_seconds']:.1f} s)")
+                    log(
+                        f"[reproduce]   {label}: test_loss {res[label]['test_loss']:.4e} "
+                        f"energy_mse {res[label]['energy_mse']:.4e} ({res[label]['train_seconds']:.1f} s)"
+                    )
                 save()
         for label in labels:
             per_seed = {s: runs[keys[(label, s)]] for s in preset.seeds(task)}
@@ -73,11 +100,19 @@ def run(preset: Preset, out: Path, *, tasks=TASKS, force: bool = False, log=prin
             extra["integrator_floor"] = runs[fk]
         save()
     current = {preset.config_hash(t) for t in TASKS}
-    extra["train_seconds_total"] = sum(v.get("train_seconds", 0.0) for k, v in runs.items()
-                                       if isinstance(v, dict) and k.rsplit("/", 1)[-1] in current)
-    extra["seed0"] = {k.rsplit("/", 2)[0]: (v["test_loss"], v["energy_mse"]) for k, v in runs.items()
-                      if isinstance(v, dict) and k.rsplit("/", 1)[-1] in current and k.split("/")[2] == "0"
-                      and not k.startswith("double_pendulum")}
+    extra["train_seconds_total"] = sum(
+        v.get("train_seconds", 0.0)
+        for k, v in runs.items()
+        if isinstance(v, dict) and k.rsplit("/", 1)[-1] in current
+    )
+    extra["seed0"] = {
+        k.rsplit("/", 2)[0]: (v["test_loss"], v["energy_mse"])
+        for k, v in runs.items()
+        if isinstance(v, dict)
+        and k.rsplit("/", 1)[-1] in current
+        and k.split("/")[2] == "0"
+        and not k.startswith("double_pendulum")
+    }
     extra["wall_seconds"] = time.perf_counter() - wall0
     save()
     return list(rows.values())
