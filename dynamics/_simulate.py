@@ -8,7 +8,7 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from . import _validate as v
 from ._base import AbstractSystem
@@ -53,8 +53,8 @@ def _field_at(system, t, ys):
 
 def simulate(
     system: AbstractSystem,
-    y0: Float[Array, "*batch state_dim"],
-    ts: Float[Array, " T"],
+    y0: Float[ArrayLike, "*batch state_dim"],
+    ts: Float[ArrayLike, " T"],
     *,
     rtol: float = 1e-8,
     atol: float = 1e-8,

@@ -4,7 +4,8 @@ system's normal modes."""
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -312,7 +313,7 @@ class ModeComparison(NamedTuple):
 
 def compare_to_normal_modes(
     eigenvalues: Complex[ArrayLike, "*shape"],
-    true_freqs: Float[ArrayLike, "n"],
+    true_freqs: Float[ArrayLike, " n"],
     dt: float,
     *,
     min_modulus: float = 0.0,
