@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import diffrax
 import jax
@@ -53,8 +54,8 @@ def _field_at(system, t, ys):
 
 def simulate(
     system: AbstractSystem,
-    y0: Float[ArrayLike, "*batch state_dim"],
-    ts: Float[ArrayLike, " T"],
+    y0: Float[ArrayLike, "*batch state_dim"] | Sequence,  # (nested) lists are accepted
+    ts: Float[ArrayLike, " T"] | Sequence[float],
     *,
     rtol: float = 1e-8,
     atol: float = 1e-8,
