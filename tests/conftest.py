@@ -18,7 +18,34 @@ try:  # the modern spelling; the XLA flag above covers older versions
 except (AttributeError, RuntimeError):  # pragma: no cover
     pass
 
+import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "ill_typed: the test passes a badly typed argument on purpose (jaxtyping checks off)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _ill_typed(request):
+    """Turns the jaxtyping checks off in a test marked `ill_typed`.
+
+    Such a test hands a public function an argument of the wrong type or rank on purpose, to check
+    the `ValueError` the function itself raises: what a user, who runs without the checks, sees.
+    The checks (a test-time instrument) would answer first with their `TypeError`.
+    """
+    if request.node.get_closest_marker("ill_typed") is None:
+        yield
+        return
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
 
 
 @pytest.fixture
