@@ -33,6 +33,13 @@ class MLP(nnx.Module):
         return self.out(x)
 
 
+def lift(v: Array, ndim: int) -> Array:
+    """`v` with leading unit axes up to `ndim` axes: a bias or a per-coordinate statistic made
+    ready to meet a batch. Broadcasting made explicit; implicit rank promotion is an error in
+    the tests (`jax_numpy_rank_promotion="raise"`)."""
+    return jnp.reshape(v, (1,) * (ndim - jnp.ndim(v)) + jnp.shape(v))
+
+
 def check_state_dim(state_dim: int, *, even: bool = False, who: str = "model") -> int:
     if not isinstance(state_dim, (int, np.integer)) or state_dim < 1:
         raise ValueError(f"state_dim must be a positive integer, got {state_dim!r}")
