@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ._common import Stats, data_stats, integrate, lift
 
@@ -109,7 +109,7 @@ class ODEModel(AbstractModel):
         pred = jax.vmap(lambda y0: self.rollout(y0, w - 1))(windows[:, 0])
         return self._normalised_mse(pred, windows[:, 1:])
 
-    def forecast(self, context: Float[Array, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
+    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         """Integrates the learned field from the last context state for `n_steps` steps of `dt`."""
         context = self._check_forecast(context, n_steps)
         return self.rollout(self.initial_state(context), int(n_steps))

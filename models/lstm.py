@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ._base import AbstractModel
 from ._common import check_state_dim, lift
@@ -170,7 +170,7 @@ class LSTM(AbstractModel):
         (_, _), (zs, hs) = jax.lax.scan(step, (z_last, state), None, length=n_steps)
         return zs, hs
 
-    def forecast(self, context: Float[Array, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
+    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         context = self._check_forecast(context, n_steps)
         _, pred, state = self.run(self.normalise(context), self.init_state())
         zs, _ = self.free_run(pred[-1], state, int(n_steps))
