@@ -5,6 +5,7 @@ Both settings must be applied before JAX initialises its backend, so they live
 at import time of this file, which pytest loads before any test module.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -29,23 +30,33 @@ def pytest_configure(config):
     )
 
 
-@pytest.fixture(autouse=True)
-def _ill_typed(request):
-    """Turns the jaxtyping checks off in a test marked `ill_typed`.
-
-    Such a test hands a public function an argument of the wrong type or rank on purpose, to check
-    the `ValueError` the function itself raises: what a user, who runs without the checks, sees.
-    The checks (a test-time instrument) would answer first with their `TypeError`.
-    """
-    if request.node.get_closest_marker("ill_typed") is None:
-        yield
-        return
+@contextlib.contextmanager
+def _unchecked():
+    """The jaxtyping checks off for a call that passes a badly typed or shaped argument on purpose,
+    to test the `ValueError` the function itself raises: what a user, who runs without the checks,
+    sees. The checks (a test-time instrument) would answer first with their `TypeError`."""
     before = jaxtyping.config.jaxtyping_disable
     jaxtyping.config.update("jaxtyping_disable", True)
     try:
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", before)
+
+
+@pytest.fixture(autouse=True)
+def _ill_typed(request):
+    """A test (or parameter set) marked `ill_typed` runs without the jaxtyping checks."""
+    if request.node.get_closest_marker("ill_typed") is None:
+        yield
+        return
+    with _unchecked():
+        yield
+
+
+@pytest.fixture
+def unchecked():
+    """`with unchecked(): ...`: one deliberately ill-typed call without the jaxtyping checks."""
+    return _unchecked
 
 
 @pytest.fixture
