@@ -170,9 +170,8 @@ class HuygensClocks(AbstractSystem):
         amp = jax.random.uniform(k_amp, (n, nc), minval=0.5, maxval=1.5) * self.theta0 * scale
         phase = jax.random.uniform(k_phase, (n, nc), minval=-jnp.pi, maxval=jnp.pi)
         zeros = jnp.zeros((n, 1))
-        return jnp.concatenate(
-            [amp * jnp.cos(phase), zeros, -amp * self.omega[None, :] * jnp.sin(phase), zeros], axis=-1
-        )
+        w = -amp * self.omega[None, :] * jnp.sin(phase)
+        return jnp.concatenate([amp * jnp.cos(phase), zeros, w, zeros], axis=-1)
 
     def phase_difference(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch"]:
         """Phase of clock 2 minus clock 1 in `(-pi, pi]`, from the angle of `(theta_i, theta_i'/omega_i)`."""

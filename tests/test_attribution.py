@@ -654,7 +654,8 @@ def test_an_undeclared_user_layout_raises_instead_of_guessing():
     with pytest.raises(ValueError, match="not declared"):
         attr.oscillator_membership(sys, 7)
     with pytest.raises(ValueError, match="oscillator_groups"):
-        attr.score_by_horizon(np.ones((2, 7, 7)), np.ones((2, 7, 7)), sys.coupling_graph(), np.array([0.0, 1.0]), 0.5)
+        attr.score_by_horizon(np.ones((2, 7, 7)), np.ones((2, 7, 7)), sys.coupling_graph(),
+                              np.array([0.0, 1.0]), 0.5)
     with pytest.raises(ValueError, match="state_dim=7"):
         attr.oscillator_membership(_ChainWithDrift(), 6)
     with pytest.raises(ValueError, match="3 index groups"):

@@ -312,7 +312,7 @@ class ModeComparison(NamedTuple):
 
 
 def compare_to_normal_modes(
-    eigenvalues: Inexact[ArrayLike, "*shape"],  # real or complex (np.linalg.eigvals may give either)
+    eigenvalues: Inexact[ArrayLike, "*shape"],  # real or complex (as np.linalg.eigvals gives)
     true_freqs: Float[ArrayLike, " n"],
     dt: float,
     *,
