@@ -1,9 +1,9 @@
-"""Coupling matrices for common graphs."""
+"""Coupling matrices for common graphs, as NumPy arrays: they configure a system."""
 
 from __future__ import annotations
 
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Float
 
 
 def _check(n: int, kappa: float):
@@ -13,7 +13,7 @@ def _check(n: int, kappa: float):
         raise ValueError(f"kappa must be finite and >= 0, got {kappa!r}")
 
 
-def chain_coupling(n: int, kappa: float) -> Float[Array, "n n"]:
+def chain_coupling(n: int, kappa: float) -> Float[np.ndarray, "n n"]:
     """Nearest neighbours on an open chain: `kappa_{i,i+1} = kappa_{i+1,i} = kappa`."""
     _check(n, kappa)
     k = np.zeros((n, n))
@@ -22,7 +22,7 @@ def chain_coupling(n: int, kappa: float) -> Float[Array, "n n"]:
     return k
 
 
-def ring_coupling(n: int, kappa: float) -> Float[Array, "n n"]:
+def ring_coupling(n: int, kappa: float) -> Float[np.ndarray, "n n"]:
     """Nearest neighbours on a ring (a chain whose ends are joined)."""
     k = chain_coupling(n, kappa)
     if n > 2:
@@ -30,7 +30,7 @@ def ring_coupling(n: int, kappa: float) -> Float[Array, "n n"]:
     return k
 
 
-def all_to_all_coupling(n: int, kappa: float) -> Float[Array, "n n"]:
+def all_to_all_coupling(n: int, kappa: float) -> Float[np.ndarray, "n n"]:
     """Every pair coupled with strength `kappa`."""
     _check(n, kappa)
     return kappa * (np.ones((n, n)) - np.eye(n))

@@ -110,7 +110,7 @@ class HuygensClocks(AbstractSystem):
             0.5 * jnp.sum(w**2, axis=-1)
             + jnp.sum(c * w, axis=-1) * u
             + u**2 / (2 * m)
-            + jnp.sum(self.omega**2 * (1 - c), axis=-1)
+            + jnp.sum(jnp.broadcast_to(self.omega**2, c.shape) * (1 - c), axis=-1)
             + self.beam_omega**2 * x**2 / (2 * m)
         )
 
@@ -132,7 +132,7 @@ class HuygensClocks(AbstractSystem):
         """`"energy"` and, for each clock `i > 1`, `"phase_difference_i"`: its phase minus
         clock 1's in `(-pi, pi]` (`phase_difference` for two clocks)."""
         th, _, w, _ = self._split(y)
-        ph = jnp.arctan2(-w / self.omega, th)
+        ph = jnp.arctan2(-w / jnp.broadcast_to(self.omega, w.shape), th)
         out = {"energy": self.energy(y)}
         for i in range(1, self.n_oscillators):
             out[f"phase_difference_{i + 1}"] = jnp.angle(jnp.exp(1j * (ph[..., i] - ph[..., 0])))
@@ -170,13 +170,12 @@ class HuygensClocks(AbstractSystem):
         amp = jax.random.uniform(k_amp, (n, nc), minval=0.5, maxval=1.5) * self.theta0 * scale
         phase = jax.random.uniform(k_phase, (n, nc), minval=-jnp.pi, maxval=jnp.pi)
         zeros = jnp.zeros((n, 1))
-        return jnp.concatenate(
-            [amp * jnp.cos(phase), zeros, -amp * self.omega * jnp.sin(phase), zeros], axis=-1
-        )
+        w = -amp * self.omega[None, :] * jnp.sin(phase)
+        return jnp.concatenate([amp * jnp.cos(phase), zeros, w, zeros], axis=-1)
 
     def phase_difference(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch"]:
         """Phase of clock 2 minus clock 1 in `(-pi, pi]`, from the angle of `(theta_i, theta_i'/omega_i)`."""
         th, _, w, _ = self._split(y)
-        ph = jnp.arctan2(-w / self.omega, th)
+        ph = jnp.arctan2(-w / jnp.broadcast_to(self.omega, w.shape), th)
         d = ph[..., 1] - ph[..., 0]
         return jnp.angle(jnp.exp(1j * d))

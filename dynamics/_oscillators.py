@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from . import _validate as v
 from ._base import AbstractSystem, _check_sample_args, _uniform
@@ -54,7 +54,7 @@ class _CoupledOscillators(AbstractSystem):
         q, p = self._split(y)
         return (
             0.5 * jnp.sum(p**2, axis=-1)
-            + 0.5 * jnp.sum(self.omega**2 * q**2, axis=-1)
+            + 0.5 * jnp.sum(jnp.broadcast_to(self.omega**2, q.shape) * q**2, axis=-1)
             + self._coupling_energy(q)
         )
 
@@ -73,7 +73,7 @@ class _CoupledOscillators(AbstractSystem):
         kq, kp = jax.random.split(key)
         a = scale * self._amplitude
         q = _uniform(kq, (n, self.n_oscillators), a)
-        p = _uniform(kp, (n, self.n_oscillators), a) * self.omega
+        p = _uniform(kp, (n, self.n_oscillators), a) * self.omega[None, :]
         return jnp.concatenate([q, p], axis=-1)
 
 
@@ -108,7 +108,7 @@ class HarmonicChain(_CoupledOscillators):
         return jnp.sqrt(lam), vecs
 
     def exact_solution(
-        self, y0: Float[Array, "*batch state_dim"], ts: Float[Array, " T"]
+        self, y0: Float[ArrayLike, "*batch state_dim"], ts: Float[ArrayLike, " T"]
     ) -> Float[Array, "*batch T state_dim"]:
         """The closed-form trajectory from the normal modes.
 
@@ -121,8 +121,11 @@ class HarmonicChain(_CoupledOscillators):
         q0, p0 = self._split(y0)
         a0 = (q0 @ vecs)[..., None, :]
         b0 = (p0 @ vecs)[..., None, :]
-        phase = ts[:, None] * nu
-        c, s = jnp.cos(phase), jnp.sin(phase)
+        phase = ts[:, None] * nu[None, :]
+        # (T, n) and (n,) lifted to the rank of a0, (*batch, 1, n): explicit broadcasting
+        lead = (None,) * (a0.ndim - 2)
+        c, s = jnp.cos(phase)[lead], jnp.sin(phase)[lead]
+        nu = nu[lead + (None,)]
         a = a0 * c + b0 * s / nu
         b = -a0 * nu * s + b0 * c
         return jnp.concatenate([a @ vecs.T, b @ vecs.T], axis=-1)
@@ -149,7 +152,7 @@ class CoupledPendulums(_CoupledOscillators):
         q, p = self._split(y)
         return (
             0.5 * jnp.sum(p**2, axis=-1)
-            + jnp.sum(self.omega**2 * (1 - jnp.cos(q)), axis=-1)
+            + jnp.sum(jnp.broadcast_to(self.omega**2, q.shape) * (1 - jnp.cos(q)), axis=-1)
             + self._coupling_energy(q)
         )
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from . import _validate as v
 from ._base import AbstractSystem
@@ -53,8 +54,8 @@ def _field_at(system, t, ys):
 
 def simulate(
     system: AbstractSystem,
-    y0: Float[Array, "*batch state_dim"],
-    ts: Float[Array, " T"],
+    y0: Float[ArrayLike, "*batch state_dim"] | Sequence,  # (nested) lists are accepted
+    ts: Float[ArrayLike, " T"] | Sequence[float],
     *,
     rtol: float = 1e-8,
     atol: float = 1e-8,

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from ._common import Stats, data_stats, integrate
+from ._common import Stats, data_stats, integrate, lift
 
 
 class AbstractModel(nnx.Module):
@@ -60,7 +60,7 @@ class AbstractModel(nnx.Module):
         return context
 
     def _normalised_mse(self, pred, target):
-        return jnp.mean(((pred - target) / self.std[...]) ** 2)
+        return jnp.mean(((pred - target) / lift(self.std[...], pred.ndim)) ** 2)
 
 
 class ODEModel(AbstractModel):
@@ -104,12 +104,12 @@ class ODEModel(AbstractModel):
         if self.objective == "derivative":
             dy = (windows[:, 2] - windows[:, 0]) / (2 * self.dt)
             pred = jax.vmap(self.field)(windows[:, 1])
-            return jnp.mean(((pred - dy) / self.std[...]) ** 2)
+            return jnp.mean(((pred - dy) / lift(self.std[...], pred.ndim)) ** 2)
         w = windows.shape[1]
         pred = jax.vmap(lambda y0: self.rollout(y0, w - 1))(windows[:, 0])
         return self._normalised_mse(pred, windows[:, 1:])
 
-    def forecast(self, context: Float[Array, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
+    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         """Integrates the learned field from the last context state for `n_steps` steps of `dt`."""
         context = self._check_forecast(context, n_steps)
         return self.rollout(self.initial_state(context), int(n_steps))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,13 @@ class MLP(nnx.Module):
         for layer in self.hidden:
             x = self.activation(layer(x))
         return self.out(x)
+
+
+def lift(v: Array, ndim: int) -> Array:
+    """`v` with leading unit axes up to `ndim` axes: a bias or a per-coordinate statistic made
+    ready to meet a batch. Broadcasting made explicit; implicit rank promotion is an error in
+    the tests (`jax_numpy_rank_promotion="raise"`)."""
+    return jnp.reshape(v, (1,) * (ndim - jnp.ndim(v)) + jnp.shape(v))
 
 
 def check_state_dim(state_dim: int, *, even: bool = False, who: str = "model") -> int:

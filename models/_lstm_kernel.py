@@ -90,9 +90,12 @@ def _forward(w_x, w_h, b, xs, h0, c0, *, save: bool, pack: bool = False):
     """The recurrence; with `save`, also the per-step coefficients of the linearised cell,
     and with `pack` the rows `[h_{t-1}, x_t, 1]` that multiply `[dW_h; dW_x; db]`."""
     hdim = w_h.shape[0]
-    s = _scales(hdim, w_h.dtype)
-    one_minus_s = 1 - s
     batched = xs.ndim > 2  # per-step rows (B, .): store the packed rows transposed
+    # the per-gate vectors lifted to the rank of a step's rows `(..., 4H)` (explicit broadcasting)
+    lead = (None,) * (xs.ndim - 2)
+    s = _scales(hdim, w_h.dtype)[lead]
+    one_minus_s = 1 - s
+    b = b[lead]
 
     def step(carry, x):
         h_prev, c_prev = carry
@@ -154,10 +157,11 @@ def _lstm_layer_jvp(primals, tangents):
         seqs.append(dxs)
         terms.append((w_x, False))
     lead = hs.shape[1:-1]
+    lead_axes = (None,) * len(lead)  # lifts the (4, 1) gate masks to the rank of `u`
     dh0 = jnp.zeros(lead + (hdim,), dtype) if zero(dh0) else jnp.broadcast_to(dh0, lead + (hdim,))
     dc0 = jnp.zeros(lead + (hdim,), dtype) if zero(dc0) else jnp.broadcast_to(dc0, lead + (hdim,))
-    gate_sum = jnp.asarray([1, 1, 1, 0], dtype)[:, None]
-    gate_o = jnp.asarray([0, 0, 0, 1], dtype)[:, None]
+    gate_sum = jnp.asarray([1, 1, 1, 0], dtype)[lead_axes + (slice(None), None)]
+    gate_o = jnp.asarray([0, 0, 0, 1], dtype)[lead_axes + (slice(None), None)]
 
     def step(carry, x):
         dh, dc = carry

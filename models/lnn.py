@@ -27,7 +27,7 @@ def _tikhonov_inverse(h, eps):
     and `f'(w_i)` where the eigenvalues coincide: finite everywhere.
     """
     w, v = jnp.linalg.eigh(h)
-    return (v * _tikhonov(w, eps)) @ v.T
+    return (v * _tikhonov(w, eps)[None, :]) @ v.T
 
 
 @_tikhonov_inverse.defjvp
@@ -41,7 +41,7 @@ def _tikhonov_inverse_jvp(eps, primals, tangents):
     mid = 0.5 * (w[:, None] + w[None, :])
     slope = (eps**2 - mid**2) / (mid**2 + eps**2) ** 2  # f'(mid)
     g = jnp.where(close, slope, (fw[:, None] - fw[None, :]) / jnp.where(close, 1.0, gap))
-    return (v * fw) @ v.T, v @ (g * (v.T @ dh @ v)) @ v.T
+    return (v * fw[None, :]) @ v.T, v @ (g * (v.T @ dh @ v)) @ v.T
 
 
 class LNN(ODEModel):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ._base import AbstractModel
-from ._common import check_state_dim
+from ._common import check_state_dim, lift
 from ._lstm_kernel import cell_update, gates
 from ._lstm_kernel import lstm_layer as _fast_lstm_layer
 
@@ -16,7 +16,8 @@ from ._lstm_kernel import lstm_layer as _fast_lstm_layer
 def _lstm_step(w_x, w_h, b, x, h, c):
     """One LSTM step; gate order (i, f, g, o):
     `i, f, o = sigmoid(.)`, `g = tanh(.)`, `c_t = f c_{t-1} + i g`, `h_t = o tanh(c_t)`."""
-    return cell_update(gates(x @ w_x + b + h @ w_h), c)
+    xw = x @ w_x
+    return cell_update(gates(xw + lift(b, xw.ndim) + h @ w_h), c)
 
 
 def _lstm_layer(w_x, w_h, b, xs, h0, c0):
@@ -26,7 +27,8 @@ def _lstm_layer(w_x, w_h, b, xs, h0, c0):
     The input projection `xs @ w_x + b` is computed for all steps at once,
     outside the recurrence; only `h @ w_h` stays in the scan.
     """
-    pre = xs @ w_x + b
+    pre = xs @ w_x
+    pre = pre + lift(b, pre.ndim)
 
     def step(carry, z):
         h, c = carry
@@ -100,11 +102,12 @@ class LSTM(AbstractModel):
     def normalise(self, y: Float[Array, "*B d"]) -> Float[Array, "*B d"]:
         """`z = (y - m) / s` with the training statistics `m = mean`, `s = std`, cast to the
         parameters' dtype (so float64 inputs meet float32 weights cleanly)."""
-        return ((y - self.mean[...]) / self.std[...]).astype(self.w_out[...].dtype)
+        m, s = lift(self.mean[...], y.ndim), lift(self.std[...], y.ndim)
+        return ((y - m) / s).astype(self.w_out[...].dtype)
 
     def denormalise(self, z: Float[Array, "*B d"]) -> Float[Array, "*B d"]:
         """`y = z s + m`, the inverse of `normalise` (physical units)."""
-        return z * self.std[...] + self.mean[...]
+        return z * lift(self.std[...], z.ndim) + lift(self.mean[...], z.ndim)
 
     def run(self, zs: Float[Array, "*B T d"], state: list[tuple[Array, Array]]):
         """Reads normalised inputs `zs (T, d)` (teacher forcing) from `state`.
@@ -122,7 +125,8 @@ class LSTM(AbstractModel):
         for l in range(self.layers):
             x, s = _fast_lstm_layer(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, *state[l])
             new_state.append(s)
-        out = x @ self.w_out[...] + self.b_out[...]
+        out = x @ self.w_out[...]
+        out = out + lift(self.b_out[...], out.ndim)
         if batched:
             x, out = jnp.swapaxes(x, 0, 1), jnp.swapaxes(out, 0, 1)
         return x, zs + out, new_state
@@ -148,7 +152,8 @@ class LSTM(AbstractModel):
             h, c = _lstm_step(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, h, c)
             new_state.append((h, c))
             x = h
-        return x, z + x @ self.w_out[...] + self.b_out[...], new_state
+        out = x @ self.w_out[...]
+        return x, z + out + lift(self.b_out[...], out.ndim), new_state
 
     def free_run(self, z_last: Float[Array, "*B d"], state: list[tuple[Array, Array]], n_steps: int):
         """Free-running: feeds each prediction back as the next input, `z_{k+1} = zhat(z_k)`,
@@ -165,7 +170,7 @@ class LSTM(AbstractModel):
         (_, _), (zs, hs) = jax.lax.scan(step, (z_last, state), None, length=n_steps)
         return zs, hs
 
-    def forecast(self, context: Float[Array, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
+    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         context = self._check_forecast(context, n_steps)
         _, pred, state = self.run(self.normalise(context), self.init_state())
         zs, _ = self.free_run(pred[-1], state, int(n_steps))

@@ -5,6 +5,7 @@ Both settings must be applied before JAX initialises its backend, so they live
 at import time of this file, which pytest loads before any test module.
 """
 
+import contextlib
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -18,7 +19,44 @@ try:  # the modern spelling; the XLA flag above covers older versions
 except (AttributeError, RuntimeError):  # pragma: no cover
     pass
 
+import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "ill_typed: the test passes a badly typed argument on purpose (jaxtyping checks off)",
+    )
+
+
+@contextlib.contextmanager
+def _unchecked():
+    """The jaxtyping checks off for a call that passes a badly typed or shaped argument on purpose,
+    to test the `ValueError` the function itself raises: what a user, who runs without the checks,
+    sees. The checks (a test-time instrument) would answer first with their `TypeError`."""
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
+@pytest.fixture(autouse=True)
+def _ill_typed(request):
+    """A test (or parameter set) marked `ill_typed` runs without the jaxtyping checks."""
+    if request.node.get_closest_marker("ill_typed") is None:
+        yield
+        return
+    with _unchecked():
+        yield
+
+
+@pytest.fixture
+def unchecked():
+    """`with unchecked(): ...`: one deliberately ill-typed call without the jaxtyping checks."""
+    return _unchecked
 
 
 @pytest.fixture

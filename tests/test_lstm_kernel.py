@@ -42,7 +42,8 @@ def _objective(layer):
 
     def f(*a):
         hs, (h, c) = layer(*a)
-        return jnp.sum(jnp.sin(hs) * jnp.arange(hs.shape[-1])) + jnp.sum(h**2) + jnp.sum(jnp.cos(c))
+        weights = jnp.broadcast_to(jnp.arange(hs.shape[-1]), hs.shape)
+        return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(h**2) + jnp.sum(jnp.cos(c))
 
     return f
 
@@ -95,7 +96,8 @@ def test_vmap_and_time_major_batch(args):
     def time_major(w_x, w_h, b, xb, hb, c0):
         hs, (h, c) = lstm_layer(w_x, w_h, b, jnp.swapaxes(xb, 0, 1), hb, c0)
         hs = jnp.swapaxes(hs, 0, 1)
-        return jnp.sum(jnp.sin(hs) * jnp.arange(H)) + jnp.sum(h**2) + jnp.sum(jnp.cos(c))
+        weights = jnp.arange(H)[None, None, :]
+        return jnp.sum(jnp.sin(hs) * weights) + jnp.sum(h**2) + jnp.sum(jnp.cos(c))
 
     @_jit
     def run(a):

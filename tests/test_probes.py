@@ -88,6 +88,7 @@ def test_probe_with_control_and_report(getkey):
     assert np.isnan(no_control[0]["control_r2"])
 
 
+@pytest.mark.ill_typed  # unpaired rows, a 1-D hidden
 def test_probe_validation():
     x = np.zeros((10, 3))
     with pytest.raises(ValueError, match="n_folds"):
@@ -180,7 +181,7 @@ class _ChainWithDrift(dynamics.AbstractSystem):
 
     def energy(self, y):
         q, p = y[..., :3], y[..., 4:]
-        return 0.5 * jnp.sum(p**2 + self.omega**2 * q**2, axis=-1)
+        return 0.5 * jnp.sum(p**2 + jnp.broadcast_to(self.omega**2, q.shape) * q**2, axis=-1)
 
     def coupling_graph(self):
         return jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
@@ -295,6 +296,7 @@ def test_dissection_finds_planted_unit():
     assert m.iou[4, 1] == pytest.approx(1.0) and m.iou[2, 0] == pytest.approx(1.0)
 
 
+@pytest.mark.ill_typed  # unpaired rows, a float concept
 def test_dissection_validation():
     with pytest.raises(ValueError, match="shape"):
         P.dissect(np.zeros((10, 2)), {"a": np.zeros(9, bool)})
@@ -316,7 +318,7 @@ def test_pca_fit():
     assert pca.explained_variance_ratio.sum() > 0.99
 
 
-def test_manifold_departure():
+def test_manifold_departure(unchecked):
     rng = np.random.default_rng(0)
     h, k = 20, 3
     basis = scipy.linalg.qr(rng.standard_normal((h, h)))[0]
@@ -336,7 +338,7 @@ def test_manifold_departure():
     assert beyond.explained_variance_ratio > 0.99
     with pytest.raises(ValueError, match="n_components"):
         P.manifold_departure(inside, inside, n_components=h)
-    with pytest.raises(ValueError, match="same number of units"):
+    with unchecked(), pytest.raises(ValueError, match="same number of units"):
         P.manifold_departure(inside, inside[:, :5], n_components=2)
 
 
@@ -380,7 +382,7 @@ def test_lstm_fixed_points_are_fixed_and_spectra_match_finite_differences(tiny_l
     assert fp2.n_starts == 4 and np.all(fp2.residuals < 1e-6)
 
 
-def test_lstm_fixed_points_validation(tiny_lstm):
+def test_lstm_fixed_points_validation(tiny_lstm, unchecked):
     lstm = nnx.clone(tiny_lstm)
     lstm.dt = None
     with pytest.raises(ValueError, match="dt"):
@@ -389,7 +391,7 @@ def test_lstm_fixed_points_validation(tiny_lstm):
         P.lstm_fixed_points(tiny_lstm, key=0, starts=np.zeros((3, 5)))
     with pytest.raises(ValueError, match="context"):
         P.lstm_fixed_points(tiny_lstm, key=0, context=np.zeros((3, 5)))
-    with pytest.raises(ValueError, match="lstm"):
+    with unchecked(), pytest.raises(ValueError, match="lstm"):
         P.lstm_fixed_points(object(), key=0)
 
 
@@ -409,9 +411,10 @@ def test_compare_to_normal_modes_recovers_rotation_frequencies():
     assert np.all(cmp.relative_error < 1e-9)
     np.testing.assert_allclose(cmp.decay_rates, np.log([1.0, 0.99, 0.999]) / dt, atol=1e-9)
     # fast-decaying candidates can be excluded
-    cmp2 = P.compare_to_normal_modes(lam, [0.7], dt, min_modulus=0.995)
+    cmp2 = P.compare_to_normal_modes(lam, np.array([0.7]), dt, min_modulus=0.995)
     assert cmp2.model_freqs[0] == pytest.approx(0.7)
-    assert np.isnan(P.compare_to_normal_modes(np.array([0.5, 0.9]), [1.0], dt).model_freqs[0])
+    real_only = P.compare_to_normal_modes(np.array([0.5, 0.9]), np.array([1.0]), dt)
+    assert np.isnan(real_only.model_freqs[0])
     with pytest.raises(ValueError, match="dt"):
         P.compare_to_normal_modes(lam, omegas, 0.0)
 

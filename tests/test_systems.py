@@ -8,7 +8,6 @@ checked against textbook behaviour (the Van der Pol limit cycle, the Kuramoto
 transition, Huygens' anti-phase synchronisation).
 """
 
-import functools
 
 import equinox as eqx
 import jax
@@ -18,7 +17,9 @@ import pytest
 
 import dynamics as d
 
-from helpers import BATCH, CONSERVATIVE, N_TIMES, SYSTEMS, TIGHT, random_system, solve  # noqa: F401
+from helpers import (  # noqa: F401
+    BATCH, CONSERVATIVE, N_TIMES, SYSTEMS, TIGHT, _random_coupling, random_system, solve,
+)
 
 
 # -------------------------------------------------------------- vector fields
@@ -152,7 +153,7 @@ def test_exact_solution_solves_the_ode(getkey):
     np.testing.assert_allclose(dys, f, rtol=1e-10, atol=1e-10)
     # modes: A V = V diag(nu^2)
     nu, vecs = system.normal_modes()
-    np.testing.assert_allclose(system.stiffness() @ vecs, vecs * nu**2, atol=1e-12)
+    np.testing.assert_allclose(system.stiffness() @ vecs, vecs * nu[None, :] ** 2, atol=1e-12)
 
 
 # ------------------------------------------------------------------- energy

@@ -147,7 +147,7 @@ def _set_path(tree, path, value):
     raise ValueError(f"cannot set {path!r} inside a {type(tree).__name__}; use dicts or lists")
 
 
-def _rms_normal(key: PRNGKeyArray, leaf: Array) -> Array:
+def _rms_normal(key: PRNGKeyArray, leaf: ArrayLike) -> Array:
     """A fresh Gaussian leaf with the root-mean-square of the old one (0 stays 0)."""
     leaf = jnp.asarray(leaf)
     if not jnp.issubdtype(leaf.dtype, jnp.inexact):

@@ -34,7 +34,7 @@ class Dissection(NamedTuple):
 
 def dissect(
     activations: Float[ArrayLike, "N H"],
-    concepts: Mapping[str, Bool[ArrayLike, "N"]],
+    concepts: Mapping[str, Bool[ArrayLike, " N"]],
     *,
     quantile: float | str | None = None,
 ) -> Dissection:

@@ -4,14 +4,15 @@ system's normal modes."""
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Complex, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Inexact, PRNGKeyArray
 
 from .._checks import check_int
 from ._misc import as_matrix, numpy_rng
@@ -144,7 +145,7 @@ class FixedPoints(NamedTuple):
 
 
 def eigen_frequencies(
-    eigenvalues: Complex[ArrayLike, "*shape"], dt: float
+    eigenvalues: Inexact[ArrayLike, "*shape"], dt: float  # real or complex eigenvalues
 ) -> tuple[Float[np.ndarray, "*shape"], Float[np.ndarray, "*shape"]]:
     r"""Angular frequencies `omega = |angle(lambda)| / dt` and decay rates `log|lambda| / dt`
     of the eigenvalues `lambda` of a map that advances time by `dt`
@@ -311,8 +312,8 @@ class ModeComparison(NamedTuple):
 
 
 def compare_to_normal_modes(
-    eigenvalues: Complex[ArrayLike, "*shape"],
-    true_freqs: Float[ArrayLike, "n"],
+    eigenvalues: Inexact[ArrayLike, "*shape"],  # real or complex (as np.linalg.eigvals gives)
+    true_freqs: Float[ArrayLike, " n"],
     dt: float,
     *,
     min_modulus: float = 0.0,

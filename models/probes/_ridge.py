@@ -163,7 +163,7 @@ def _alpha_grid(alpha) -> tuple[float, ...]:
 
 def ridge_probe(
     hidden: Float[ArrayLike, "N H"],
-    target: Float[ArrayLike, "N"] | Float[ArrayLike, "N k"],
+    target: Float[ArrayLike, " N"] | Float[ArrayLike, "N k"],
     *,
     alpha: float | Sequence[float] | None = None,
     n_folds: int = 5,
@@ -247,7 +247,7 @@ class ControlledProbe(NamedTuple):
 
 def probe_with_control(
     hidden: Float[ArrayLike, "N H"],
-    target: Float[ArrayLike, "N"] | Float[ArrayLike, "N k"],
+    target: Float[ArrayLike, " N"] | Float[ArrayLike, "N k"],
     *,
     control_hidden: Float[ArrayLike, "N H2"],
     alpha: float | Sequence[float] | None = None,

@@ -38,8 +38,9 @@ def _coords(system: dynamics.AbstractSystem, states) -> _Coords:
     if y.shape[1] != system.state_dim:
         raise ValueError(f"states must have shape (N, {system.state_dim}) for {type(system).__name__}, got {y.shape}")
     n = system.n_oscillators
+    yj = jnp.asarray(y)  # the system's methods take JAX arrays
     try:
-        q, p, extras = system.split_state(y)
+        q, p, extras = system.split_state(yj)
         omega = None if p is None else np.asarray(system.natural_frequencies(), dtype=np.float64)
     except NotImplementedError as e:
         raise ValueError(f"cannot split the state of {type(system).__name__} into oscillators: {e}") from e
@@ -47,7 +48,7 @@ def _coords(system: dynamics.AbstractSystem, states) -> _Coords:
     if q.shape != (y.shape[0], n):
         raise ValueError(f"{type(system).__name__}.split_state gave q of shape {q.shape}, expected {(y.shape[0], n)}")
     extra = {str(k): np.asarray(v, dtype=np.float64) for k, v in extras.items()}
-    obs = system.observables(jnp.asarray(y))
+    obs = system.observables(yj)
     obs = {k: np.asarray(obs[k], dtype=np.float64) for k in _OBSERVABLE_TARGETS if k in obs}
     if p is None:  # first order: the state of each oscillator is one coordinate (Kuramoto: its phase)
         phase = np.angle(np.exp(1j * q)) if system.angular else None
