@@ -125,7 +125,9 @@ class Dataset:
         except ValueError:
             raise
         except (OSError, zipfile.BadZipFile, EOFError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"dataset file {path} is unreadable (truncated or corrupted): {e}") from e
+            raise ValueError(
+                f"dataset file {path} is unreadable (truncated or corrupted): {e}"
+            ) from e
         stored = meta.pop("checksum", None)
         actual = _checksum(arrays, meta)
         if stored != actual:
@@ -136,7 +138,10 @@ class Dataset:
         sys_meta = meta.get("system")
         if system is None:
             system = _rebuild_system(sys_meta)
-        elif sys_meta and sys_meta.get("class") not in (type(system).__qualname__, type(system).__name__):
+        elif sys_meta and sys_meta.get("class") not in (
+            type(system).__qualname__,
+            type(system).__name__,
+        ):
             raise ValueError(
                 f"system is a {type(system).__name__} but the file holds a {sys_meta.get('class')}"
             )
@@ -186,7 +191,9 @@ def _rebuild_system(desc):
     try:
         where = importlib.import_module(desc["module"]) if "module" in desc else dynamics
     except ImportError as e:
-        raise ValueError(f"dataset metadata names system module {desc['module']!r}, which cannot be imported: {e}") from e
+        raise ValueError(
+            f"dataset metadata names system module {desc['module']!r}, which cannot be imported: {e}"
+        ) from e
     cls = where
     for part in name.split("."):
         cls = getattr(cls, part, None)
@@ -253,10 +260,23 @@ def make_dataset(
         val = val + noise * np.asarray(jax.random.normal(kv, val.shape, dtype=val.dtype))
     meta = dict(
         seed=np.asarray(jax.random.key_data(key)).ravel().tolist(),
-        n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
-        t_end=t_end, noise=noise, ood_scale=ood_scale, rtol=rtol, atol=atol,
+        n_train=int(n_train),
+        n_val=int(n_val),
+        n_test=int(n_test),
+        t_end=t_end,
+        noise=noise,
+        ood_scale=ood_scale,
+        rtol=rtol,
+        atol=atol,
     )
     return Dataset(
-        system=system, ts=ts, t_train=t_train, dt=dt, train=train, val=val, test=test,
-        test_ood=test_ood, metadata=meta,
+        system=system,
+        ts=ts,
+        t_train=t_train,
+        dt=dt,
+        train=train,
+        val=val,
+        test=test,
+        test_ood=test_ood,
+        metadata=meta,
     )

@@ -92,11 +92,7 @@ class HuygensClocks(AbstractSystem):
         th, x, w, u = self._split(y)
         m = self.mass_ratio
         c, s = jnp.cos(th), jnp.sin(th)
-        f = (
-            -(self.omega**2) * s
-            - self.gamma * w
-            + self.mu * (1 - th**2 / self.theta0**2) * w
-        )
+        f = -(self.omega**2) * s - self.gamma * w + self.mu * (1 - th**2 / self.theta0**2) * w
         g = m * jnp.sum(w**2 * s) - self.beam_omega**2 * x - self.beam_gamma * u
         x_acc = (g - m * jnp.sum(c * f)) / (1 - m * jnp.sum(c**2))
         th_acc = f - c * x_acc

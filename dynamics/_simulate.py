@@ -133,13 +133,21 @@ def _raise_on_failure(ok, hit_limit, ys, max_steps):
     )
 
 
-def num_steps(system: AbstractSystem, y0, ts, *, rtol=1e-8, atol=1e-8, solver="tsit5") -> np.ndarray:
+def num_steps(
+    system: AbstractSystem, y0, ts, *, rtol=1e-8, atol=1e-8, solver="tsit5"
+) -> np.ndarray:
     """Accepted-plus-rejected step counts per trajectory (for benchmarks that compare work)."""
     y0 = v.states("y0", y0, system.state_dim)
     ts = v.times("ts", ts)
     flat = jnp.asarray(y0).reshape(-1, system.state_dim)
     *_, steps = _solve_batch(
-        system, flat, ts, rtol, atol, max_steps=100_000, solver=solver,
+        system,
+        flat,
+        ts,
+        rtol,
+        atol,
+        max_steps=100_000,
+        solver=solver,
         adjoint=diffrax.RecursiveCheckpointAdjoint(),
     )
     return np.asarray(steps)

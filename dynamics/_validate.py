@@ -32,7 +32,9 @@ def as_float_array(name: str, value, *, ndim: int | None = None, shape=None):
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be numeric, got {value!r}") from e
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}: {_short(arr)}")
+        raise ValueError(
+            f"{name} must have {ndim} dimension(s), got shape {arr.shape}: {_short(arr)}"
+        )
     if shape is not None and arr.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.integrate import solve_ivp
 from helpers import BATCH, N_TIMES, SYSTEMS, TIGHT, random_system, solve
+from scipy.integrate import solve_ivp
 
 import dynamics as d
 from dynamics import _simulate
@@ -33,8 +33,13 @@ def test_matches_scipy_dop853(name, getkey):
 
     for i in range(3):
         ref = solve_ivp(
-            f, (0.0, float(ts[-1])), np.asarray(y0[i]), method="DOP853", t_eval=np.asarray(ts),
-            rtol=1e-12, atol=1e-12,
+            f,
+            (0.0, float(ts[-1])),
+            np.asarray(y0[i]),
+            method="DOP853",
+            t_eval=np.asarray(ts),
+            rtol=1e-12,
+            atol=1e-12,
         )
         assert ref.success, ref.message
         scale = max(1.0, float(np.abs(ref.y).max()))

@@ -43,9 +43,13 @@ def check_groups(groups, n: int, dim: int) -> tuple[tuple[int, ...], ...]:
     try:
         out = tuple(tuple(int(i) for i in g) for g in groups)
     except (TypeError, ValueError):
-        raise ValueError(f"state_layout groups must be sequences of integer indices, got {groups!r}") from None
+        raise ValueError(
+            f"state_layout groups must be sequences of integer indices, got {groups!r}"
+        ) from None
     if len(out) != n:
-        raise ValueError(f"state_layout must list {n} index groups (one per oscillator), got {len(out)}")
+        raise ValueError(
+            f"state_layout must list {n} index groups (one per oscillator), got {len(out)}"
+        )
     if any(len(g) == 0 for g in out):
         raise ValueError(f"every oscillator needs at least one state index, got {out!r}")
     if any(not 0 <= i < dim for g in out for i in g):
@@ -90,7 +94,9 @@ def resolve_groups(state_layout: StateLayout, n: int, dim: int) -> tuple[tuple[i
                 )
         expected = n if layout == "first_order" else 2 * n
         if dim != expected:
-            raise ValueError(f"state_layout {layout!r} needs {expected} coordinates for n={n}, got {dim}")
+            raise ValueError(
+                f"state_layout {layout!r} needs {expected} coordinates for n={n}, got {dim}"
+            )
         if layout == "first_order":
             return tuple((i,) for i in range(n))
         return tuple((i, n + i) for i in range(n))

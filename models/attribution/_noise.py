@@ -7,7 +7,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._checks import check_int
-from ._misc import DEFAULT_CHUNK, ScalarFn, as_float, check_nonnegative, check_scalar_fn, chunked_reduce, normal_noise
+from ._misc import (
+    DEFAULT_CHUNK,
+    ScalarFn,
+    as_float,
+    check_nonnegative,
+    check_scalar_fn,
+    chunked_reduce,
+    normal_noise,
+)
 
 
 def _sum_noise_grads(fn, x, eps, sigma, shift, chunk_size, *, squares: bool):
@@ -45,7 +53,11 @@ def smoothgrad(
     """
     x, n, chunk_size = _check_noise_args(fn, x, n, sigma, chunk_size)
     eps = normal_noise(key, n, x)
-    run = jax.jit(lambda x, eps, sigma: _sum_noise_grads(fn, x, eps, sigma, 0.0, chunk_size, squares=False) / n)
+    run = jax.jit(
+        lambda x, eps, sigma: (
+            _sum_noise_grads(fn, x, eps, sigma, 0.0, chunk_size, squares=False) / n
+        )
+    )
     return run(x, eps, sigma)
 
 

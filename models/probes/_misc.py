@@ -33,7 +33,9 @@ def numpy_rng(key) -> np.random.Generator:
     try:
         k = jnp.asarray(key)
     except TypeError as e:
-        raise ValueError(f"key must be a JAX PRNG key or an integer seed, got {type(key).__name__}") from e
+        raise ValueError(
+            f"key must be a JAX PRNG key or an integer seed, got {type(key).__name__}"
+        ) from e
     if jnp.issubdtype(k.dtype, jax.dtypes.prng_key):
         k = jax.random.key_data(k)
     if not jnp.issubdtype(k.dtype, jnp.integer):

@@ -134,7 +134,9 @@ def _choose_alpha(x, y, alphas, n_inner, rng, groups) -> np.ndarray:
     n_groups = x.shape[0] if groups is None else np.unique(groups).size
     n_inner = min(n_inner, n_groups)
     if n_inner < 2:
-        raise ValueError("too few samples (or groups) in a training fold for the inner cross-validation")
+        raise ValueError(
+            "too few samples (or groups) in a training fold for the inner cross-validation"
+        )
     folds = _assign_folds(x.shape[0], n_inner, rng, groups)
     sse = np.zeros((len(alphas), y.shape[1]))
     for f in range(n_inner):
@@ -218,14 +220,18 @@ def ridge_probe(
         te = folds == f
         tr = ~te
         if tr.sum() < 2:
-            raise ValueError(f"fold {f} leaves fewer than 2 training samples; use fewer folds or more data")
+            raise ValueError(
+                f"fold {f} leaves fewer than 2 training samples; use fewer folds or more data"
+            )
         a = _choose_alpha(x[tr], y[tr], grid, n_folds, rng, None if g is None else g[tr])
         alphas[f] = a
         uniq, which = np.unique(a, return_inverse=True)
         p_all = _ridge_predict_all(x[tr], y[tr], x[te], uniq)  # (A, n_test, k)
         pred[te] = p_all[which, :, np.arange(y.shape[1])].T
     r2 = _r2(y, pred)
-    return ProbeResult(r2=r2, r2_mean=float(np.mean(r2)), alphas=alphas, predictions=pred, folds=folds)
+    return ProbeResult(
+        r2=r2, r2_mean=float(np.mean(r2)), alphas=alphas, predictions=pred, folds=folds
+    )
 
 
 class ControlledProbe(NamedTuple):
@@ -300,7 +306,11 @@ def probe_report(
     if not isinstance(targets, Mapping) or not targets:
         raise ValueError("targets must be a non-empty mapping name -> array (N,) or (N, k)")
     x = as_matrix("hidden", hidden)
-    xc = None if control_hidden is None else as_matrix("control_hidden", control_hidden, n_rows=x.shape[0])
+    xc = (
+        None
+        if control_hidden is None
+        else as_matrix("control_hidden", control_hidden, n_rows=x.shape[0])
+    )
     rows = []
     for name, y in targets.items():
         yy, _ = _target(f"targets[{name!r}]", y, x.shape[0])
@@ -308,7 +318,13 @@ def probe_report(
         r2 = ridge_probe(x, yy, **kw).r2_mean
         c = np.nan if xc is None else ridge_probe(xc, yy, **kw).r2_mean
         rows.append(
-            {"quantity": str(name), "r2": r2, "control_r2": c, "selectivity": r2 - c, "n_components": yy.shape[1]}
+            {
+                "quantity": str(name),
+                "r2": r2,
+                "control_r2": c,
+                "selectivity": r2 - c,
+                "n_components": yy.shape[1],
+            }
         )
     return rows
 
@@ -330,11 +346,17 @@ def random_features_control(
     """
     for attr in ("hidden_states", "state_dim", "hidden", "layers"):
         if not hasattr(model, attr):
-            raise ValueError(f"model must be an LSTM-like module with `{attr}`, got {type(model).__name__}")
+            raise ValueError(
+                f"model must be an LSTM-like module with `{attr}`, got {type(model).__name__}"
+            )
     xs = jnp.asarray(xs)
     if xs.ndim not in (2, 3) or xs.shape[-1] != model.state_dim:
-        raise ValueError(f"xs must have shape (T, {model.state_dim}) or (B, T, {model.state_dim}), got {xs.shape}")
-    fresh = type(model)(model.state_dim, hidden=model.hidden, layers=model.layers, rngs=nnx.Rngs(_jax_key(key)))
+        raise ValueError(
+            f"xs must have shape (T, {model.state_dim}) or (B, T, {model.state_dim}), got {xs.shape}"
+        )
+    fresh = type(model)(
+        model.state_dim, hidden=model.hidden, layers=model.layers, rngs=nnx.Rngs(_jax_key(key))
+    )
     fresh.mean.set_value(jnp.asarray(model.mean.get_value()))
     fresh.std.set_value(jnp.asarray(model.std.get_value()))
     fresh.dt = model.dt
