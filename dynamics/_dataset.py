@@ -105,7 +105,7 @@ class Dataset:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, system: AbstractSystem | None = None) -> "Dataset":
+    def load(cls, path: str | Path, *, system: AbstractSystem | None = None) -> Dataset:
         """Reads a file written by `save`, verifying its checksum.
 
         `system` is needed only for a `HamiltonianSystem` (a Python callable
@@ -132,7 +132,8 @@ class Dataset:
         actual = _checksum(arrays, meta)
         if stored != actual:
             raise ValueError(
-                f"dataset file {path} failed its checksum (stored {stored!r}, computed {actual!r}): "
+                f"dataset file {path} failed its checksum "
+                f"(stored {stored!r}, computed {actual!r}): "
                 "it was altered or corrupted"
             )
         sys_meta = meta.get("system")
@@ -192,7 +193,8 @@ def _rebuild_system(desc):
         where = importlib.import_module(desc["module"]) if "module" in desc else dynamics
     except ImportError as e:
         raise ValueError(
-            f"dataset metadata names system module {desc['module']!r}, which cannot be imported: {e}"
+            f"dataset metadata names system module {desc['module']!r}, "
+            f"which cannot be imported: {e}"
         ) from e
     cls = where
     for part in name.split("."):
@@ -219,7 +221,8 @@ def make_dataset(
     rtol: float = 1e-8,
     atol: float = 1e-8,
 ) -> Dataset:
-    """Simulates a dataset with interpolation (`[0, t_train]`) and extrapolation (`(t_train, t_end]`) splits.
+    """Simulates a dataset with interpolation (`[0, t_train]`) and extrapolation
+    (`(t_train, t_end]`) splits.
 
     Initial states come from `system.sample_initial_states` (scale 1 for
     `train`, `val`, `test`; `ood_scale` for `test_ood`). `noise` is the

@@ -103,7 +103,8 @@ def simulate(
         if not bool(jnp.all(jnp.isfinite(f0))):
             i = int(np.flatnonzero(~np.all(np.isfinite(np.asarray(f0)), axis=-1))[0])
             raise SimulationError(
-                f"the vector field is non-finite (NaN or inf) at the initial state (flat index {i}): "
+                "the vector field is non-finite (NaN or inf) at the initial state "
+                f"(flat index {i}): "
                 f"{np.asarray(flat[i])!r}"
             )
     if adjoint is None:

@@ -76,7 +76,8 @@ def coupling_matrix(name: str, value, n: int):
     if not np.allclose(a, a.T, rtol=1e-12, atol=1e-12):
         i, j = np.unravel_index(np.argmax(np.abs(a - a.T)), a.shape)
         raise ValueError(
-            f"{name} must be symmetric, got {name}[{i},{j}]={a[i, j]!r} != {name}[{j},{i}]={a[j, i]!r}"
+            f"{name} must be symmetric, "
+            f"got {name}[{i},{j}]={a[i, j]!r} != {name}[{j},{i}]={a[j, i]!r}"
         )
     if np.any(a < 0):
         i, j = np.argwhere(a < 0)[0]

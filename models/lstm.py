@@ -133,9 +133,9 @@ class LSTM(AbstractModel):
         batched = zs.ndim == 3
         x = jnp.swapaxes(zs, 0, 1) if batched else zs
         new_state = []
-        for l in range(self.layers):
+        for layer in range(self.layers):
             x, s = _fast_lstm_layer(
-                self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, *state[l]
+                self.w_x[layer][...], self.w_h[layer][...], self.b[layer][...], x, *state[layer]
             )
             new_state.append(s)
         out = x @ self.w_out[...]
@@ -160,9 +160,11 @@ class LSTM(AbstractModel):
         `zhat_{t+1} = z + h^L_t W_out + b_out` and the new state `[(h_l, c_l), ...]`."""
         x = z
         new_state = []
-        for l in range(self.layers):
-            h, c = state[l]
-            h, c = _lstm_step(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, h, c)
+        for layer in range(self.layers):
+            h, c = state[layer]
+            h, c = _lstm_step(
+                self.w_x[layer][...], self.w_h[layer][...], self.b[layer][...], x, h, c
+            )
             new_state.append((h, c))
             x = h
         out = x @ self.w_out[...]
@@ -204,8 +206,8 @@ class LSTM(AbstractModel):
         the readout explains the residual `z_{t+1} - z_t`)."""
         return {
             "layers": [
-                {"w_x": self.w_x[l][...], "w_h": self.w_h[l][...], "b": self.b[l][...]}
-                for l in range(self.layers)
+                {"w_x": self.w_x[layer][...], "w_h": self.w_h[layer][...], "b": self.b[layer][...]}
+                for layer in range(self.layers)
             ],
             "w_out": self.w_out[...],
             "b_out": self.b_out[...],

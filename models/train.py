@@ -114,7 +114,8 @@ class TrainConfig:
             bad("grad_clip", "> 0 (inf: no clipping)")
         if self.precision not in ("float32", "float64"):
             bad("precision", "'float32' or 'float64'")
-        # plain Python numbers: hashable like the originals, and JSON-serialisable for the checkpoint
+        # plain Python numbers: hashable like the originals, and JSON-serialisable for the
+        # checkpoint
         for field, cast in (
             ("steps", int),
             ("batch_size", int),
@@ -200,7 +201,8 @@ def _validate(
         raise ValueError(f"model must be one of this package's models, got {type(model).__name__}")
     if dataset.state_dim != model.state_dim:
         raise ValueError(
-            f"dataset state_dim {dataset.state_dim} does not match the model's state_dim {model.state_dim}"
+            f"dataset state_dim {dataset.state_dim} does not match "
+            f"the model's state_dim {model.state_dim}"
         )
     system = getattr(dataset, "system", None)
     if model.needs_canonical and system is not None and not system.second_order:
@@ -270,8 +272,8 @@ def _init_state(params, opt):
     }
 
 
-#: the loss key of step `s` is `fold_in(fold_in(key, s), _LOSS_KEY)`; `split(fold_in(key, s))` cuts the
-#: windows (`fold_in(k, 1)` would be the second half of `split(k)`, hence 2)
+#: the loss key of step `s` is `fold_in(fold_in(key, s), _LOSS_KEY)`; `split(fold_in(key, s))`
+#: cuts the windows (`fold_in(k, 1)` would be the second half of `split(k)`, hence 2)
 _LOSS_KEY = 2
 #: validation calls the loss with `fold_in(key, _VAL_KEY)`, one key for the whole run
 _VAL_KEY = 2**31 - 1
@@ -594,16 +596,16 @@ def _compiled_chunk(
     optimizer,
 ):
     """The jitted, member-batched training chunk; cached, so that repeated fits of the same
-    architecture, configuration, loss and optimizer (seeds, ensembles, resumed runs) compile once."""
+    architecture, configuration, loss and optimizer (seeds, ensembles, resumed runs) compile
+    once."""
     opt = optimizer if optimizer is not None else _default_optimizer(cfg)
     chunk = _build_chunk(graphdef, opt, cfg, window, has_val, loss)
 
     def run_member(st, r, kd, train, val_batch, n_steps):
         return chunk(st, r, jax.random.wrap_key_data(kd), train, val_batch, n_steps)
 
-    if (
-        strategy == "single"
-    ):  # one member: no batching at all (a vmap of one costs ~15% on the LSTM)
+    if strategy == "single":
+        # one member: no batching at all (a vmap of one costs ~15% on the LSTM)
 
         def batched(st, r, kd, train, val_batch, n):
             squeeze = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731

@@ -33,7 +33,8 @@ def basic_model2(x):
 
 
 def basic_model3(x):
-    """Captum's BasicModel3, the same function written differently: ReLU(ReLU(x1 - 1) - ReLU(x2))."""
+    """Captum's BasicModel3, the same function written differently:
+    ReLU(ReLU(x1 - 1) - ReLU(x2))."""
     return relu(relu(x[0] - 1.0) - relu(x[1]))
 
 

@@ -209,7 +209,8 @@ def test_oscillator_model_recovers_the_truth(kind, fitted):
     omega = np.asarray(model.frequencies())
     kappa = np.asarray(model.coupling())
     print(
-        f"{kind}: omega {omega}, coupling {kappa[np.triu_indices(3, 1)]}, damping {np.asarray(model.damping())}"
+        f"{kind}: omega {omega}, coupling {kappa[np.triu_indices(3, 1)]}, "
+        f"damping {np.asarray(model.damping())}"
     )
     np.testing.assert_allclose(omega, OMEGA, rtol=0.01)
     nonzero = KAPPA > 0
@@ -274,9 +275,8 @@ def test_lnn_finite_where_the_hessian_is_singular(how):
     lnn = m.LNN(DIM, width=8, depth=1, objective="derivative", rngs=nnx.Rngs(0))
     lnn.dt = DT
     graphdef, params, rest = nnx.split(lnn, nnx.Param, ...)
-    if (
-        how == "zero network"
-    ):  # L constant: the Hessian in qdot is exactly zero, all eigenvalues equal
+    if how == "zero network":
+        # L constant: the Hessian in qdot is exactly zero, all eigenvalues equal
         params = jax.tree.map(jnp.zeros_like, params)
     else:  # the first layer barely sees qdot: Hessian ~ 1e-12
         kernel = params["net"]["hidden"][0]["kernel"]

@@ -222,12 +222,10 @@ def test_physical_targets_follow_a_declared_user_layout():
     np.testing.assert_allclose(t["energy"], np.asarray(sys.energy(jnp.asarray(y))), rtol=1e-12)
     for i in range(3):
         np.testing.assert_array_equal(t[f"q_{i + 1}"], y[:, i])
-        np.testing.assert_array_equal(
-            t[f"p_{i + 1}"], y[:, 4 + i]
-        )  # after the drift, not y[:, 3 + i]
-        phi = np.arctan2(
-            -y[:, 4 + i] / (2.0 * float(sys.omega[i])), y[:, i]
-        )  # natural_frequencies()
+        # after the drift, not y[:, 3 + i]
+        np.testing.assert_array_equal(t[f"p_{i + 1}"], y[:, 4 + i])
+        # natural_frequencies()
+        phi = np.arctan2(-y[:, 4 + i] / (2.0 * float(sys.omega[i])), y[:, i])
         np.testing.assert_allclose(
             t[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12
         )
@@ -248,7 +246,8 @@ def test_an_undeclared_non_plain_layout_raises_instead_of_guessing():
 
 
 def test_huygens_targets_come_from_the_declared_layout(monkeypatch):
-    """The beam enters through `split_state`'s extras, the phases through `natural_frequencies()`."""
+    """The beam enters through `split_state`'s extras, the phases through
+    `natural_frequencies()`."""
     hc = dynamics.HuygensClocks(jnp.array([1.0, 1.2]))
     y = np.random.default_rng(1).uniform(-0.3, 0.3, (30, 6))  # (theta_1, theta_2, x, w_1, w_2, v)
     t = P.physical_targets(hc, y)

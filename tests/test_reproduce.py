@@ -136,7 +136,8 @@ def test_tiny_run_end_to_end_and_resume(tmp_path):
 
 # ------------------------------------------------------------------ the command line
 def _changed_flag(name, value):
-    """A command-line flag that sets field `name` to something other than `value`, and that value."""
+    """A command-line flag that sets field `name` to something other than `value`, and that
+    value."""
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return ([f"--no-{flag[2:]}"] if value else [flag]), not value

@@ -219,7 +219,8 @@ def test_a_users_own_system_model_and_preset_run_through_the_study(tmp_path, mon
         SHELF = SystemSpec("ShelfClocks", functools.partial(ClocksOnAShelf, omega=[1.0, 1.2, 0.9]),
                            oscillator_kind="harmonic")
         MINE = Preset(name="mine", systems=(SHELF,),
-                      models=(ModelSpec(models.NeuralODE, kwargs={"width": 8, "depth": 1}, label="MyODE"),
+                      models=(ModelSpec(models.NeuralODE, kwargs={"width": 8, "depth": 1},
+                                        label="MyODE"),
                               OscillatorSpec(k=2)),
                       seeds=(0,), n_train=(4,), n_val=2, n_test=3, t_train=2.0, t_end=4.0, dt=0.1,
                       context=5, steps=20, eval_every=10, batch_size=4, window=5)

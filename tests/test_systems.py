@@ -341,7 +341,8 @@ def test_kuramoto_synchronises_under_strong_coupling_only(getkey):
 
 
 def test_huygens_clocks_fall_into_anti_phase(getkey):
-    """Two identical clocks started out of step end up swinging in anti-phase (phase difference ±pi).
+    """Two identical clocks started out of step end up swinging in anti-phase (phase difference
+    ±pi).
 
     `sample_initial_states` starts the clocks at rest, so its phase differences
     are exactly 0 or pi; here its amplitudes are kept and each clock is given a

@@ -504,8 +504,9 @@ def test_custom_loss_on_full_batch_data():
 
 
 def test_loss_keys_depend_on_the_step_alone():
-    """With `sgd(0.5)` on `sum((w - z)^2)`, each step sets `w = z`, the loss's own draw: so the final
-    `w` shows the key of the last step: the same for any chunking, other for another step."""
+    """With `sgd(0.5)` on `sum((w - z)^2)`, each step sets `w = z`, the loss's own draw: so the
+    final `w` shows the key of the last step: the same for any chunking, other for another
+    step."""
 
     def follow(model, batch, key):
         return jnp.sum((model.w[...] - jax.random.normal(key, model.w.shape)) ** 2)
@@ -532,7 +533,8 @@ def test_loss_keys_depend_on_the_step_alone():
 
 
 def test_custom_loss_divergence_keeps_the_last_finite_parameters():
-    """`w` walks from 0 towards 10, `w_k = 10 (1 - 0.9^k)`; the loss is NaN once `w > 5`, first at k = 7."""
+    """`w` walks from 0 towards 10, `w_k = 10 (1 - 0.9^k)`; the loss is NaN once `w > 5`, first
+    at k = 7."""
 
     def nan_past_five(model, batch, key):
         w = model.w[...]

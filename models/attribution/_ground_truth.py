@@ -167,7 +167,8 @@ def score_by_horizon(
     `attr_jacs[t]` is a model's `(D, D)` sensitivity or attribution of the
     state at time `ts[t]` to the initial (or context) state, `true_jacs[t]`
     the simulator's (`true_jacobian`). At each `t`:
-    `auroc[t] = coupling_auroc(oscillator_scores(attr_jacs[t], n, state_layout=state_layout), graph)`
+    `auroc[t] = coupling_auroc(oscillator_scores(attr_jacs[t], n, state_layout=state_layout),
+    graph)`
     and `spearman[t] = jacobian_spearman(attr_jacs[t], true_jacs[t])`; their
     means are reported separately inside (`ts <= t_train`) and beyond
     (`ts > t_train`) the training window. `state_layout` is as in

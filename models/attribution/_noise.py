@@ -46,7 +46,8 @@ def smoothgrad(
     sigma: float = 0.1,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Float[Array, "*shape"]:
-    r"""SmoothGrad (Smilkov et al. 2017): `(1/n) sum_k grad fn(x + eps_k)`, `eps_k ~ N(0, sigma^2 I)`.
+    r"""SmoothGrad (Smilkov et al. 2017): `(1/n) sum_k grad fn(x + eps_k)`,
+    `eps_k ~ N(0, sigma^2 I)`.
 
     `sigma` is an absolute standard deviation in the units of `x` (Captum's
     `stdevs`), not a fraction of the input range. `sigma = 0` gives `saliency`.
@@ -70,7 +71,8 @@ def vargrad(
     sigma: float = 0.1,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Float[Array, "*shape"]:
-    r"""VarGrad (Adebayo et al. 2018): the elementwise variance of `grad fn(x + eps_k)` over the noise.
+    r"""VarGrad (Adebayo et al. 2018): the elementwise variance of `grad fn(x + eps_k)` over the
+    noise.
 
     `Var_k[g_k] = (1/n) sum_k (g_k - s)^2 - ((1/n) sum_k (g_k - s))^2` with
     `eps_k ~ N(0, sigma^2 I)`: the population variance (`1/n`, as Captum),

@@ -65,8 +65,8 @@ def lstm_autonomous_map(lstm: nnx.Module) -> AutonomousMap:
 def _unpack(x, dims):
     d, hd, nl = dims
     st = []
-    for l in range(nl):
-        o = d + 2 * l * hd
+    for layer in range(nl):
+        o = d + 2 * layer * hd
         st.append((x[o : o + hd], x[o + hd : o + 2 * hd]))
     return x[:d], st
 

@@ -111,12 +111,14 @@ def manifold_departure(
     x_out = as_matrix("h_beyond", h_beyond)
     if x_out.shape[1] != x_in.shape[1]:
         raise ValueError(
-            f"h_inside and h_beyond must have the same number of units, got {x_in.shape[1]} and {x_out.shape[1]}"
+            "h_inside and h_beyond must have the same number of units, "
+            f"got {x_in.shape[1]} and {x_out.shape[1]}"
         )
     k = check_int("n_components", n_components, minimum=1)
     if k >= x_in.shape[1]:
         raise ValueError(
-            f"n_components must be < H = {x_in.shape[1]} (the full space leaves no residual), got {k}"
+            f"n_components must be < H = {x_in.shape[1]} (the full space leaves no residual), "
+            f"got {k}"
         )
     if not 0 < float(holdout) < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")

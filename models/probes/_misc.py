@@ -25,7 +25,8 @@ def as_matrix(name: str, x, *, n_rows: int | None = None) -> np.ndarray:
 
 
 def numpy_rng(key) -> np.random.Generator:
-    """A NumPy generator seeded from a JAX PRNG key (new- or old-style), an int, or `None` (seed 0)."""
+    """A NumPy generator seeded from a JAX PRNG key (new- or old-style), an int, or `None`
+    (seed 0)."""
     if key is None:
         return np.random.default_rng(0)
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):

@@ -33,7 +33,8 @@ def _target(name: str, y, n_rows: int) -> tuple[np.ndarray, bool]:
         raise ValueError(f"{name} must have shape (N,) or (N, k), got shape {np.shape(y)}")
     if a.shape[0] != n_rows:
         raise ValueError(
-            f"{name} has {a.shape[0]} samples but hidden has {n_rows}: they must be paired row by row"
+            f"{name} has {a.shape[0]} samples but hidden has {n_rows}: "
+            "they must be paired row by row"
         )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -81,7 +82,8 @@ def _assign_folds(n: int, n_folds: int, rng: np.random.Generator, groups) -> np.
     labels, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
     if labels.size < n_folds:
         raise ValueError(
-            f"need at least n_folds={n_folds} distinct groups for grouped cross-validation, got {labels.size}"
+            f"need at least n_folds={n_folds} distinct groups for grouped cross-validation, "
+            f"got {labels.size}"
         )
     sizes = np.zeros(n_folds, dtype=np.int64)
     of_group = np.empty(labels.size, dtype=np.int64)
@@ -128,7 +130,8 @@ def _ridge_predict_all(x_train, y_train, x_test, alphas) -> np.ndarray:
 
 
 def _choose_alpha(x, y, alphas, n_inner, rng, groups) -> np.ndarray:
-    """Per target column, the penalty of smallest pooled inner-CV squared error (ties: the larger)."""
+    """Per target column, the penalty of smallest pooled inner-CV squared error (ties: the
+    larger)."""
     if len(alphas) == 1:
         return np.full(y.shape[1], alphas[0])
     n_groups = x.shape[0] if groups is None else np.unique(groups).size
@@ -352,7 +355,8 @@ def random_features_control(
     xs = jnp.asarray(xs)
     if xs.ndim not in (2, 3) or xs.shape[-1] != model.state_dim:
         raise ValueError(
-            f"xs must have shape (T, {model.state_dim}) or (B, T, {model.state_dim}), got {xs.shape}"
+            f"xs must have shape (T, {model.state_dim}) or (B, T, {model.state_dim}), "
+            f"got {xs.shape}"
         )
     fresh = type(model)(
         model.state_dim, hidden=model.hidden, layers=model.layers, rngs=nnx.Rngs(_jax_key(key))
