@@ -130,7 +130,9 @@ class AbstractSystem(eqx.Module):
         """`(q, q') -> (q, p)` with `p = dL/dq'`; the identity for unit masses."""
         return y
 
-    def from_canonical(self, z: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch state_dim"]:
+    def from_canonical(
+        self, z: Float[Array, "*batch state_dim"]
+    ) -> Float[Array, "*batch state_dim"]:
         """The inverse of `to_canonical`."""
         return z
 

@@ -105,7 +105,7 @@ class Dataset:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, system: AbstractSystem | None = None) -> "Dataset":
+    def load(cls, path: str | Path, *, system: AbstractSystem | None = None) -> Dataset:
         """Reads a file written by `save`, verifying its checksum.
 
         `system` is needed only for a `HamiltonianSystem` (a Python callable
@@ -125,18 +125,24 @@ class Dataset:
         except ValueError:
             raise
         except (OSError, zipfile.BadZipFile, EOFError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"dataset file {path} is unreadable (truncated or corrupted): {e}") from e
+            raise ValueError(
+                f"dataset file {path} is unreadable (truncated or corrupted): {e}"
+            ) from e
         stored = meta.pop("checksum", None)
         actual = _checksum(arrays, meta)
         if stored != actual:
             raise ValueError(
-                f"dataset file {path} failed its checksum (stored {stored!r}, computed {actual!r}): "
+                f"dataset file {path} failed its checksum "
+                f"(stored {stored!r}, computed {actual!r}): "
                 "it was altered or corrupted"
             )
         sys_meta = meta.get("system")
         if system is None:
             system = _rebuild_system(sys_meta)
-        elif sys_meta and sys_meta.get("class") not in (type(system).__qualname__, type(system).__name__):
+        elif sys_meta and sys_meta.get("class") not in (
+            type(system).__qualname__,
+            type(system).__name__,
+        ):
             raise ValueError(
                 f"system is a {type(system).__name__} but the file holds a {sys_meta.get('class')}"
             )
@@ -186,7 +192,10 @@ def _rebuild_system(desc):
     try:
         where = importlib.import_module(desc["module"]) if "module" in desc else dynamics
     except ImportError as e:
-        raise ValueError(f"dataset metadata names system module {desc['module']!r}, which cannot be imported: {e}") from e
+        raise ValueError(
+            f"dataset metadata names system module {desc['module']!r}, "
+            f"which cannot be imported: {e}"
+        ) from e
     cls = where
     for part in name.split("."):
         cls = getattr(cls, part, None)
@@ -212,7 +221,8 @@ def make_dataset(
     rtol: float = 1e-8,
     atol: float = 1e-8,
 ) -> Dataset:
-    """Simulates a dataset with interpolation (`[0, t_train]`) and extrapolation (`(t_train, t_end]`) splits.
+    """Simulates a dataset with interpolation (`[0, t_train]`) and extrapolation
+    (`(t_train, t_end]`) splits.
 
     Initial states come from `system.sample_initial_states` (scale 1 for
     `train`, `val`, `test`; `ood_scale` for `test_ood`). `noise` is the
@@ -253,10 +263,23 @@ def make_dataset(
         val = val + noise * np.asarray(jax.random.normal(kv, val.shape, dtype=val.dtype))
     meta = dict(
         seed=np.asarray(jax.random.key_data(key)).ravel().tolist(),
-        n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
-        t_end=t_end, noise=noise, ood_scale=ood_scale, rtol=rtol, atol=atol,
+        n_train=int(n_train),
+        n_val=int(n_val),
+        n_test=int(n_test),
+        t_end=t_end,
+        noise=noise,
+        ood_scale=ood_scale,
+        rtol=rtol,
+        atol=atol,
     )
     return Dataset(
-        system=system, ts=ts, t_train=t_train, dt=dt, train=train, val=val, test=test,
-        test_ood=test_ood, metadata=meta,
+        system=system,
+        ts=ts,
+        t_train=t_train,
+        dt=dt,
+        train=train,
+        val=val,
+        test=test,
+        test_ood=test_ood,
+        metadata=meta,
     )

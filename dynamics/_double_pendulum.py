@@ -73,8 +73,10 @@ class DoublePendulum(AbstractSystem):
     def lagrangian(self, q: Float[Array, "2"], qdot: Float[Array, "2"]) -> Float[Array, ""]:
         """`L(q, q')` exactly as in the class docstring."""
         y = jnp.concatenate([q, qdot])
-        return self.kinetic(y) + (self.m1 + self.m2) * self.g * self.l1 * jnp.cos(q[0]) + (
-            self.m2 * self.g * self.l2 * jnp.cos(q[1])
+        return (
+            self.kinetic(y)
+            + (self.m1 + self.m2) * self.g * self.l1 * jnp.cos(q[0])
+            + (self.m2 * self.g * self.l2 * jnp.cos(q[1]))
         )
 
     def energy(self, y):
@@ -109,7 +111,8 @@ class DoublePendulum(AbstractSystem):
         p1, p2 = z[..., 2], z[..., 3]
         det = a11 * a22 - a12**2
         return jnp.stack(
-            [z[..., 0], z[..., 1], (a22 * p1 - a12 * p2) / det, (a11 * p2 - a12 * p1) / det], axis=-1
+            [z[..., 0], z[..., 1], (a22 * p1 - a12 * p2) / det, (a11 * p2 - a12 * p1) / det],
+            axis=-1,
         )
 
     def sample_initial_states(self, key: PRNGKeyArray, n: int, *, scale: float = 1.0):

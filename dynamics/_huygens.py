@@ -18,9 +18,11 @@ class HuygensClocks(AbstractSystem):
     State `(theta_1..theta_n, x, theta_1'..theta_n', x')`, shape `(2n+2,)`;
     `q = (theta, x)`, `p = (theta', x')`. With `m = mass_ratio`:
 
-    `theta_i'' + cos(theta_i) x'' = -omega_i^2 sin(theta_i) - gamma theta_i' + mu (1 - theta_i^2/theta0^2) theta_i'`
+    `theta_i'' + cos(theta_i) x'' = -omega_i^2 sin(theta_i) - gamma theta_i'
+    + mu (1 - theta_i^2/theta0^2) theta_i'`
 
-    `x'' + m sum_i cos(theta_i) theta_i'' = m sum_i theta_i'^2 sin(theta_i) - beam_omega^2 x - beam_gamma x'`
+    `x'' + m sum_i cos(theta_i) theta_i'' = m sum_i theta_i'^2 sin(theta_i) - beam_omega^2 x
+    - beam_gamma x'`
 
     The escapement `mu (1 - theta^2/theta0^2) theta'` pumps energy into small
     swings and takes it from large ones (a Van der Pol escapement). Writing
@@ -32,7 +34,8 @@ class HuygensClocks(AbstractSystem):
     which is well posed because `m n < 1` (a constructor check). With
     `gamma = mu = beam_gamma = 0` the system conserves
 
-    `E = sum theta_i'^2/2 + sum c_i theta_i' x' + x'^2/(2m) + sum omega_i^2 (1 - c_i) + beam_omega^2 x^2/(2m)`,
+    `E = sum theta_i'^2/2 + sum c_i theta_i' x' + x'^2/(2m) + sum omega_i^2 (1 - c_i)
+    + beam_omega^2 x^2/(2m)`,
 
     the energy that `energy` returns (the energy per unit pendulum mass and
     length). The coupling graph is all-to-all through the beam.
@@ -73,7 +76,8 @@ class HuygensClocks(AbstractSystem):
         if not isinstance(self.mass_ratio, jax.core.Tracer) and not float(self.mass_ratio) * n < 1:
             raise ValueError(
                 f"mass_ratio * n must be < 1 for the accelerations to be well posed, "
-                f"got mass_ratio={float(self.mass_ratio)!r} with n={n} (product {float(self.mass_ratio) * n!r})"
+                f"got mass_ratio={float(self.mass_ratio)!r} with n={n} "
+                f"(product {float(self.mass_ratio) * n!r})"
             )
 
     @property
@@ -92,11 +96,7 @@ class HuygensClocks(AbstractSystem):
         th, x, w, u = self._split(y)
         m = self.mass_ratio
         c, s = jnp.cos(th), jnp.sin(th)
-        f = (
-            -(self.omega**2) * s
-            - self.gamma * w
-            + self.mu * (1 - th**2 / self.theta0**2) * w
-        )
+        f = -(self.omega**2) * s - self.gamma * w + self.mu * (1 - th**2 / self.theta0**2) * w
         g = m * jnp.sum(w**2 * s) - self.beam_omega**2 * x - self.beam_gamma * u
         x_acc = (g - m * jnp.sum(c * f)) / (1 - m * jnp.sum(c**2))
         th_acc = f - c * x_acc
@@ -115,7 +115,8 @@ class HuygensClocks(AbstractSystem):
         )
 
     def oscillator_groups(self) -> tuple[tuple[int, ...], ...]:
-        """Clock `i` is `(theta_i, theta_i')` = indices `(i, n + 1 + i)`; the beam belongs to none."""
+        """Clock `i` is `(theta_i, theta_i')` = indices `(i, n + 1 + i)`; the beam belongs to
+        none."""
         n = self.n_oscillators
         return tuple((i, n + 1 + i) for i in range(n))
 
@@ -174,7 +175,8 @@ class HuygensClocks(AbstractSystem):
         return jnp.concatenate([amp * jnp.cos(phase), zeros, w, zeros], axis=-1)
 
     def phase_difference(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch"]:
-        """Phase of clock 2 minus clock 1 in `(-pi, pi]`, from the angle of `(theta_i, theta_i'/omega_i)`."""
+        """Phase of clock 2 minus clock 1 in `(-pi, pi]`, from the angle of
+        `(theta_i, theta_i'/omega_i)`."""
         th, _, w, _ = self._split(y)
         ph = jnp.arctan2(-w / jnp.broadcast_to(self.omega, w.shape), th)
         d = ph[..., 1] - ph[..., 0]

@@ -62,7 +62,8 @@ class Kuramoto(AbstractSystem):
         return {"order_parameter": self.order_parameter(y)}
 
     def sample_initial_states(self, key: PRNGKeyArray, n: int, *, scale: float = 1.0):
-        """`theta_i ~ U(-pi/2, pi/2) * scale`: `scale = 2` spreads the phases over the whole circle."""
+        """`theta_i ~ U(-pi/2, pi/2) * scale`: `scale = 2` spreads the phases over the whole
+        circle."""
         _check_sample_args(n, scale)
         return jax.random.uniform(key, (n, self.n_oscillators), minval=-1.0, maxval=1.0) * (
             jnp.pi / 2 * scale

@@ -103,7 +103,8 @@ def simulate(
         if not bool(jnp.all(jnp.isfinite(f0))):
             i = int(np.flatnonzero(~np.all(np.isfinite(np.asarray(f0)), axis=-1))[0])
             raise SimulationError(
-                f"the vector field is non-finite (NaN or inf) at the initial state (flat index {i}): "
+                "the vector field is non-finite (NaN or inf) at the initial state "
+                f"(flat index {i}): "
                 f"{np.asarray(flat[i])!r}"
             )
     if adjoint is None:
@@ -133,13 +134,21 @@ def _raise_on_failure(ok, hit_limit, ys, max_steps):
     )
 
 
-def num_steps(system: AbstractSystem, y0, ts, *, rtol=1e-8, atol=1e-8, solver="tsit5") -> np.ndarray:
+def num_steps(
+    system: AbstractSystem, y0, ts, *, rtol=1e-8, atol=1e-8, solver="tsit5"
+) -> np.ndarray:
     """Accepted-plus-rejected step counts per trajectory (for benchmarks that compare work)."""
     y0 = v.states("y0", y0, system.state_dim)
     ts = v.times("ts", ts)
     flat = jnp.asarray(y0).reshape(-1, system.state_dim)
     *_, steps = _solve_batch(
-        system, flat, ts, rtol, atol, max_steps=100_000, solver=solver,
+        system,
+        flat,
+        ts,
+        rtol,
+        atol,
+        max_steps=100_000,
+        solver=solver,
         adjoint=diffrax.RecursiveCheckpointAdjoint(),
     )
     return np.asarray(steps)

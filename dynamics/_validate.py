@@ -32,7 +32,9 @@ def as_float_array(name: str, value, *, ndim: int | None = None, shape=None):
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be numeric, got {value!r}") from e
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}: {_short(arr)}")
+        raise ValueError(
+            f"{name} must have {ndim} dimension(s), got shape {arr.shape}: {_short(arr)}"
+        )
     if shape is not None and arr.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
@@ -74,7 +76,8 @@ def coupling_matrix(name: str, value, n: int):
     if not np.allclose(a, a.T, rtol=1e-12, atol=1e-12):
         i, j = np.unravel_index(np.argmax(np.abs(a - a.T)), a.shape)
         raise ValueError(
-            f"{name} must be symmetric, got {name}[{i},{j}]={a[i, j]!r} != {name}[{j},{i}]={a[j, i]!r}"
+            f"{name} must be symmetric, "
+            f"got {name}[{i},{j}]={a[i, j]!r} != {name}[{j},{i}]={a[j, i]!r}"
         )
     if np.any(a < 0):
         i, j = np.argwhere(a < 0)[0]

@@ -60,9 +60,9 @@ def _jax_lstm_step(hidden, batch, seq, channels, members=1, call="batch"):
         return jnp.mean((pred - x[:, 1:]) ** 2)
 
     def step(p, s, x):
-        l, g = jax.value_and_grad(loss)(p, x)
+        loss_value, g = jax.value_and_grad(loss)(p, x)
         u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, l
+        return optax.apply_updates(p, u), s, loss_value
 
     if members == 1:  # one LSTM: no member axis at all, as `fit` runs one model
 
@@ -79,8 +79,8 @@ def _jax_lstm_step(hidden, batch, seq, channels, members=1, call="batch"):
     state = [params, opt_state]
 
     def run():
-        p, s, l = compiled(state[0], state[1], xs)
-        jax.block_until_ready(l)
+        p, s, loss_value = compiled(state[0], state[1], xs)
+        jax.block_until_ready(loss_value)
         state[0], state[1] = p, s
 
     run()

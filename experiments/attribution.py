@@ -96,9 +96,8 @@ def attribute_model(model, ds, preset: Preset):
     n_traj, n_horizons = min(preset.attr_traj, ds.test.shape[0]), preset.attr_horizons
     t_c = ds.ts[C - 1]
     total = len(ds.ts) - C
-    horizons = (
-        np.unique(np.geomspace(1, total, n_horizons).astype(int)) - 1
-    )  # steps after the context
+    # steps after the context
+    horizons = np.unique(np.geomspace(1, total, n_horizons).astype(int)) - 1
     ts_abs = t_c + (horizons + 1) * dt
     graph = np.asarray(system.coupling_graph())
     fwd = jax.jit(

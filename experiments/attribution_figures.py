@@ -138,7 +138,9 @@ def probes(out: Output, path: Path):
             x + (j - 1) * 0.27,
             np.clip(vals, -0.2, 1),
             0.27,
-            label=f"{'random-network control' if key == 'control_r2' else 'trained LSTM'} ({split})",
+            label=(
+                f"{'random-network control' if key == 'control_r2' else 'trained LSTM'} ({split})"
+            ),
         )
     ax.set_xticks(x, quantities, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("probe R² (clipped at −0.2)")

@@ -118,7 +118,8 @@ def _numpy_field(system: dynamics.CoupledPendulums) -> Callable:
 
 
 def bench_simulate(args: argparse.Namespace) -> dict:
-    """`dynamics.simulate` against `scipy.integrate.solve_ivp` on the same problem, both in float64."""
+    """`dynamics.simulate` against `scipy.integrate.solve_ivp` on the same problem, both in
+    float64."""
     x64 = bool(jax.config.jax_enable_x64)
     jax.config.update("jax_enable_x64", True)
     try:
@@ -230,7 +231,8 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
             "max_abs_difference_to_simulate": float(
                 max(np.max(np.abs(sol.y.T - np.asarray(ys[i]))) for i, sol in enumerate(sols[m]))
             ),
-            # solve_ivp time per trajectory / simulate's: the ratio of medians, and the per-round ratios
+            # solve_ivp time per trajectory / simulate's: the ratio of medians, and the per-round
+            # ratios
             "speedup_of_simulate": statistics.median(per_traj[m])
             / rows["tsit5"]["per_trajectory_s"],
             "speedup_of_simulate_dopri8": statistics.median(per_traj[m])
@@ -258,7 +260,8 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
 def _print_simulate(res: dict) -> None:
     p = res["problem"]
     print(
-        f"\n== simulate: {p['n_oscillators']} pendulums, t in {p['t_span']}, {p['n_times']} samples, "
+        f"\n== simulate: {p['n_oscillators']} pendulums, t in {p['t_span']}, "
+        f"{p['n_times']} samples, "
         f"rtol=atol={p['rtol']:g}, {p['dtype']}, simulate batch {p['batch']}"
     )
     print("steps: simulate counts accepted + rejected steps, solve_ivp accepted steps only;")
@@ -266,7 +269,8 @@ def _print_simulate(res: dict) -> None:
         "speed-up: solve_ivp time per trajectory / simulate (Tsit5) time, and / simulate (Dopri8)"
     )
     print(
-        f"{'method':<26}{'per traj (ms)':>14}{'steps':>8}{'nfev':>8}{'vs Tsit5':>10}{'vs Dopri8':>10}"
+        f"{'method':<26}{'per traj (ms)':>14}{'steps':>8}{'nfev':>8}"
+        f"{'vs Tsit5':>10}{'vs Dopri8':>10}"
     )
     for name, key in (("simulate Tsit5", "simulate"), ("simulate Dopri8", "simulate_dopri8")):
         s = res[key]
@@ -276,8 +280,9 @@ def _print_simulate(res: dict) -> None:
         )
     for m, r in res["scipy"].items():
         print(
-            f"{'solve_ivp ' + m:<26}{1e3 * r['per_trajectory_s']:>14.3f}{r['accepted_steps_mean']:>8.0f}"
-            f"{r['nfev_mean']:>8.0f}{r['speedup_of_simulate']:>9.1f}x{r['speedup_of_simulate_dopri8']:>9.1f}x"
+            f"{'solve_ivp ' + m:<26}{1e3 * r['per_trajectory_s']:>14.3f}"
+            f"{r['accepted_steps_mean']:>8.0f}{r['nfev_mean']:>8.0f}"
+            f"{r['speedup_of_simulate']:>9.1f}x{r['speedup_of_simulate_dopri8']:>9.1f}x"
         )
     print(
         f"compile (excluded above): Tsit5 {res['simulate']['compile_s']:.2f} s, "

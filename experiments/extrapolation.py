@@ -79,7 +79,8 @@ def load_or_make_dataset(
             if have == want:
                 return ds
             log(
-                f"[data] {path} was generated with config hash {have}, the current one is {want}; rebuilding"
+                f"[data] {path} was generated with config hash {have}, "
+                f"the current one is {want}; rebuilding"
             )
         except ValueError as e:  # corrupted: rebuild it (it is deterministic)
             log(f"[data] {path} is unusable ({e}); rebuilding")

@@ -306,7 +306,8 @@ def main(argv=None) -> None:
     out = Output(args.out or Path("results") / preset.name, args.figures)
     if not out.metrics.exists():
         raise SystemExit(
-            f"no results in {out.root}: run `python -m experiments.study --preset {preset.name}` first"
+            f"no results in {out.root}: "
+            f"run `python -m experiments.study --preset {preset.name}` first"
         )
     for p in draw_all(out, preset.t_train):
         print(p)

@@ -29,7 +29,8 @@ def valid_prediction_time(
 
 
 def energy_drift_curve(energy_pred: np.ndarray, energy_0: np.ndarray) -> np.ndarray:
-    """`|E(yhat_t) - E(y_0)| / |E(y_0)|` averaged over trajectories; `energy_pred (N, T)`, `energy_0 (N,)`."""
+    """`|E(yhat_t) - E(y_0)| / |E(y_0)|` averaged over trajectories; `energy_pred (N, T)`,
+    `energy_0 (N,)`."""
     return np.mean(np.abs(energy_pred - energy_0[:, None]) / np.abs(energy_0[:, None]), axis=0)
 
 

@@ -55,7 +55,8 @@ def run(
         row = extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
         if progress:
             print(
-                f"[process {process_index}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
+                f"[process {process_index}] {spec.name} {row['model']} "
+                f"n_train={n_train} seed {seed}: "
                 f"{row['status']}",
                 flush=True,
             )

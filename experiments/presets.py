@@ -157,7 +157,8 @@ class Preset:
             fail(f"need t_train <= t_end, got {self.t_train} > {self.t_end}")
         if self.context * self.dt >= self.t_train:
             fail(
-                f"the context ({self.context} states of dt={self.dt}) must end inside the training window"
+                f"the context ({self.context} states of dt={self.dt}) "
+                "must end inside the training window"
             )
         for f in ("seeds", "n_train"):
             vals = getattr(self, f)
@@ -301,14 +302,18 @@ def cli(command: type, argv=None, *, default_preset: str = "quick", description:
                 Annotated[
                     str,
                     tyro.conf.arg(
-                        help="tiny, quick, full, or package.module:NAME (a Preset object of your own)"
+                        help="tiny, quick, full, or package.module:NAME "
+                        "(a Preset object of your own)"
                     ),
                 ],
             ),
         ],
     )
     doc = (description or command.__doc__ or "").strip()
-    doc += f"\n\nPresets: {', '.join(sorted(PRESETS))} (or package.module:NAME); the defaults below are {base.name!r}'s."
+    doc += (
+        f"\n\nPresets: {', '.join(sorted(PRESETS))} (or package.module:NAME); "
+        f"the defaults below are {base.name!r}'s."
+    )
     args = tyro.cli(
         args_cls,
         args=argv,

@@ -204,7 +204,10 @@ class OscillatorSpec(ModelSpec):
         if self.label:
             return self.label
         k = self.resolved_k(system)
-        return f"OscillatorModel(k={k}{' >= n' if self.k != 'n' and k >= system.n_oscillators else ''})"
+        return (
+            f"OscillatorModel(k={k}"
+            f"{' >= n' if self.k != 'n' and k >= system.n_oscillators else ''})"
+        )
 
     def applicable(self, system, spec: SystemSpec) -> str | None:
         if spec.oscillator_kind is None:

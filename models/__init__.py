@@ -1,9 +1,10 @@
 """Learners of coupled-oscillator dynamics: black boxes, structured models and
 constraint-imposing networks, one training loop for all, and tools to look inside."""
 
+from . import attribution as attribution, probes as probes
 from ._base import AbstractModel as AbstractModel, ODEModel as ODEModel
 from ._common import MLP as MLP, integrate as integrate
-from .hnn import DissipativeHNN as DissipativeHNN, HNN as HNN
+from .hnn import HNN as HNN, DissipativeHNN as DissipativeHNN
 from .lnn import LNN as LNN
 from .lstm import LSTM as LSTM
 from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE
@@ -14,4 +15,3 @@ from .train import (
     fit as fit,
     fit_ensemble as fit_ensemble,
 )
-from . import attribution as attribution, probes as probes

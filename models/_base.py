@@ -44,7 +44,9 @@ class AbstractModel(nnx.Module):
 
     def _check_forecast(self, context, n_steps):
         if self.dt is None:
-            raise ValueError(f"{type(self).__name__}.dt is unset: fit the model (or set model.dt) first")
+            raise ValueError(
+                f"{type(self).__name__}.dt is unset: fit the model (or set model.dt) first"
+            )
         context = jnp.asarray(context)
         if context.ndim != 2 or context.shape[-1] != self.state_dim:
             raise ValueError(
@@ -76,8 +78,9 @@ class ODEModel(AbstractModel):
     (the HNN paper's set-up, used by the reproductions).
     """
 
-    def __init__(self, state_dim: int, *, window: int = 10, substeps: int = 1,
-                 objective: str = "trajectory"):
+    def __init__(
+        self, state_dim: int, *, window: int = 10, substeps: int = 1, objective: str = "trajectory"
+    ):
         super().__init__(state_dim)
         if objective not in ("trajectory", "derivative"):
             raise ValueError(f"objective must be 'trajectory' or 'derivative', got {objective!r}")

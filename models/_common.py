@@ -18,8 +18,16 @@ class Stats(nnx.Variable):
 class MLP(nnx.Module):
     """`x -> W_L s(... s(W_1 x + b_1) ...) + b_L` with `depth` hidden layers of `width` units."""
 
-    def __init__(self, d_in: int, d_out: int, *, width: int, depth: int, activation: Callable = jnp.tanh,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        *,
+        width: int,
+        depth: int,
+        activation: Callable = jnp.tanh,
+        rngs: nnx.Rngs,
+    ):
         if width < 1 or depth < 1:
             raise ValueError(f"width and depth must be >= 1, got width={width}, depth={depth}")
         sizes = [d_in] + [width] * depth
@@ -50,8 +58,9 @@ def check_state_dim(state_dim: int, *, even: bool = False, who: str = "model") -
     return int(state_dim)
 
 
-def integrate(field: Callable, y0: Float[Array, " d"], n_steps: int, dt: float, *, substeps: int = 1
-              ) -> Float[Array, "n_steps d"]:
+def integrate(
+    field: Callable, y0: Float[Array, " d"], n_steps: int, dt: float, *, substeps: int = 1
+) -> Float[Array, "n_steps d"]:
     """Integrates `y' = field(y)` from `y0` with the classical fourth-order Runge-Kutta method
     on a fixed grid (`substeps` steps per `dt`); returns the states at `dt, ..., n_steps dt`.
 

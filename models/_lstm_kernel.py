@@ -115,8 +115,10 @@ def _forward(w_x, w_h, b, xs, h0, c0, *, save: bool, pack: bool = False):
         q = o * (1 - tc * tc)
         if not pack:
             return (h, c), (h, kp, f, q, None)
-        rows = jnp.concatenate([h_prev, x.astype(h_prev.dtype), jnp.ones(h_prev.shape[:-1] + (1,), h_prev.dtype)],
-                               axis=-1)
+        rows = jnp.concatenate(
+            [h_prev, x.astype(h_prev.dtype), jnp.ones(h_prev.shape[:-1] + (1,), h_prev.dtype)],
+            axis=-1,
+        )
         return (h, c), (h, kp, f, q, _t(rows) if batched else rows)
 
     h0 = jnp.broadcast_to(h0, xs.shape[1:-1] + (hdim,))
@@ -152,7 +154,9 @@ def _lstm_layer_jvp(primals, tangents):
     if weights:
         inst = lambda t, like: jnp.zeros(like.shape, like.dtype) if zero(t) else t  # noqa: E731
         seqs.append(rows)
-        terms.append((jnp.concatenate([inst(dw_h, w_h), inst(dw_x, w_x), inst(db, b)[None]]), batched))
+        terms.append(
+            (jnp.concatenate([inst(dw_h, w_h), inst(dw_x, w_x), inst(db, b)[None]]), batched)
+        )
     if not zero(dxs):
         seqs.append(dxs)
         terms.append((w_x, False))

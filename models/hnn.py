@@ -22,8 +22,16 @@ class HNN(ODEModel):
 
     needs_canonical = True
 
-    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
-                 objective: str = "trajectory", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        window: int = 10,
+        objective: str = "trajectory",
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim, even=True, who="HNN")
         super().__init__(state_dim, window=window, objective=objective)
         self.n = state_dim // 2
@@ -35,7 +43,7 @@ class HNN(ODEModel):
 
     def field(self, y):
         dh = jax.grad(self.hamiltonian)(y)
-        return jnp.concatenate([dh[self.n:], -dh[: self.n]])
+        return jnp.concatenate([dh[self.n :], -dh[: self.n]])
 
 
 class DissipativeHNN(ODEModel):
@@ -49,8 +57,16 @@ class DissipativeHNN(ODEModel):
 
     needs_canonical = True
 
-    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
-                 objective: str = "trajectory", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        window: int = 10,
+        objective: str = "trajectory",
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim, even=True, who="DissipativeHNN")
         super().__init__(state_dim, window=window, objective=objective)
         self.n = state_dim // 2
@@ -65,4 +81,4 @@ class DissipativeHNN(ODEModel):
 
     def field(self, y):
         dh = jax.grad(self.hamiltonian)(y)
-        return jnp.concatenate([dh[self.n:], -dh[: self.n]]) + jax.grad(self.dissipation)(y)
+        return jnp.concatenate([dh[self.n :], -dh[: self.n]]) + jax.grad(self.dissipation)(y)

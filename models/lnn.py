@@ -61,15 +61,26 @@ class LNN(ODEModel):
 
     needs_canonical = True
 
-    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
-                 eps: float = 1e-3, objective: str = "trajectory", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        window: int = 10,
+        eps: float = 1e-3,
+        objective: str = "trajectory",
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim, even=True, who="LNN")
         super().__init__(state_dim, window=window, objective=objective)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.n = state_dim // 2
         self.eps = float(eps)
-        self.net = MLP(state_dim, 1, width=width, depth=depth, activation=jax.nn.softplus, rngs=rngs)
+        self.net = MLP(
+            state_dim, 1, width=width, depth=depth, activation=jax.nn.softplus, rngs=rngs
+        )
 
     def lagrangian(self, q, qdot):
         y = jnp.concatenate([q, qdot])
@@ -83,5 +94,5 @@ class LNN(ODEModel):
         return _tikhonov_inverse(0.5 * (hess + hess.T), self.eps) @ rhs
 
     def field(self, y):
-        q, qdot = y[: self.n], y[self.n:]
+        q, qdot = y[: self.n], y[self.n :]
         return jnp.concatenate([qdot, self.accelerations(q, qdot)])

@@ -9,8 +9,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._base import AbstractModel
 from ._common import check_state_dim, lift
-from ._lstm_kernel import cell_update, gates
-from ._lstm_kernel import lstm_layer as _fast_lstm_layer
+from ._lstm_kernel import cell_update, gates, lstm_layer as _fast_lstm_layer
 
 
 def _lstm_step(w_x, w_h, b, x, h, c):
@@ -66,11 +65,21 @@ class LSTM(AbstractModel):
 
     min_context = 1
 
-    def __init__(self, state_dim: int, *, hidden: int = 64, layers: int = 1, warmup: int = 20,
-                 rollout: int = 40, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        hidden: int = 64,
+        layers: int = 1,
+        warmup: int = 20,
+        rollout: int = 40,
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim)
         if hidden < 1 or layers < 1:
-            raise ValueError(f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}")
+            raise ValueError(
+                f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}"
+            )
         super().__init__(state_dim)
         self.hidden, self.layers = int(hidden), int(layers)
         self.warmup, self.rollout = int(warmup), int(rollout)
@@ -79,7 +88,9 @@ class LSTM(AbstractModel):
         d_in = state_dim
         for _ in range(layers):
             ws_x.append(nnx.Param(init(rngs.params(), (d_in, 4 * hidden))))
-            ws_h.append(nnx.Param(jax.nn.initializers.orthogonal()(rngs.params(), (hidden, 4 * hidden))))
+            ws_h.append(
+                nnx.Param(jax.nn.initializers.orthogonal()(rngs.params(), (hidden, 4 * hidden)))
+            )
             bs.append(nnx.Param(jnp.zeros(4 * hidden).at[hidden : 2 * hidden].set(1.0)))
             d_in = hidden
         self.w_x, self.w_h, self.b = nnx.List(ws_x), nnx.List(ws_h), nnx.List(bs)
@@ -122,8 +133,10 @@ class LSTM(AbstractModel):
         batched = zs.ndim == 3
         x = jnp.swapaxes(zs, 0, 1) if batched else zs
         new_state = []
-        for l in range(self.layers):
-            x, s = _fast_lstm_layer(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, *state[l])
+        for layer in range(self.layers):
+            x, s = _fast_lstm_layer(
+                self.w_x[layer][...], self.w_h[layer][...], self.b[layer][...], x, *state[layer]
+            )
             new_state.append(s)
         out = x @ self.w_out[...]
         out = out + lift(self.b_out[...], out.ndim)
@@ -147,15 +160,19 @@ class LSTM(AbstractModel):
         `zhat_{t+1} = z + h^L_t W_out + b_out` and the new state `[(h_l, c_l), ...]`."""
         x = z
         new_state = []
-        for l in range(self.layers):
-            h, c = state[l]
-            h, c = _lstm_step(self.w_x[l][...], self.w_h[l][...], self.b[l][...], x, h, c)
+        for layer in range(self.layers):
+            h, c = state[layer]
+            h, c = _lstm_step(
+                self.w_x[layer][...], self.w_h[layer][...], self.b[layer][...], x, h, c
+            )
             new_state.append((h, c))
             x = h
         out = x @ self.w_out[...]
         return x, z + out + lift(self.b_out[...], out.ndim), new_state
 
-    def free_run(self, z_last: Float[Array, "*B d"], state: list[tuple[Array, Array]], n_steps: int):
+    def free_run(
+        self, z_last: Float[Array, "*B d"], state: list[tuple[Array, Array]], n_steps: int
+    ):
         """Free-running: feeds each prediction back as the next input, `z_{k+1} = zhat(z_k)`,
         for `n_steps` steps from `z_0 = z_last` (the last teacher-forced prediction) and
         `state`. Returns the inputs read, `(z_0, ..., z_{n-1})` `(n_steps, *B, d)`, which are
@@ -189,8 +206,8 @@ class LSTM(AbstractModel):
         the readout explains the residual `z_{t+1} - z_t`)."""
         return {
             "layers": [
-                {"w_x": self.w_x[l][...], "w_h": self.w_h[l][...], "b": self.b[l][...]}
-                for l in range(self.layers)
+                {"w_x": self.w_x[layer][...], "w_h": self.w_h[layer][...], "b": self.b[layer][...]}
+                for layer in range(self.layers)
             ],
             "w_out": self.w_out[...],
             "b_out": self.b_out[...],
@@ -212,4 +229,6 @@ class LSTM(AbstractModel):
             return jnp.mean(tf)
         _, pw, st = self.run(zs[:, :w], self.init_state(batch))
         free, _ = self.free_run(pw[:, -1], st, r)  # (r, B, d)
-        return jnp.mean(tf + jnp.mean((jnp.swapaxes(free, 0, 1) - zs[:, w : w + r]) ** 2, axis=(1, 2)))
+        return jnp.mean(
+            tf + jnp.mean((jnp.swapaxes(free, 0, 1) - zs[:, w : w + r]) ** 2, axis=(1, 2))
+        )

@@ -17,8 +17,16 @@ class NeuralODE(ODEModel):
     `ODEModel`). Knows nothing of the physics.
     """
 
-    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
-                 objective: str = "trajectory", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        window: int = 10,
+        objective: str = "trajectory",
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim)
         super().__init__(state_dim, window=window, objective=objective)
         self.net = MLP(state_dim, state_dim, width=width, depth=depth, rngs=rngs)
@@ -38,14 +46,22 @@ class SecondOrderNODE(ODEModel):
 
     needs_canonical = True
 
-    def __init__(self, state_dim: int, *, width: int = 64, depth: int = 2, window: int = 10,
-                 objective: str = "trajectory", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        window: int = 10,
+        objective: str = "trajectory",
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim, even=True, who="SecondOrderNODE")
         super().__init__(state_dim, window=window, objective=objective)
         self.n = state_dim // 2
         self.net = MLP(state_dim, self.n, width=width, depth=depth, rngs=rngs)
 
     def field(self, y):
-        p = y[self.n:]
-        acc = self.std[self.n:] * self.net((y - self.mean[...]) / self.std[...])
+        p = y[self.n :]
+        acc = self.std[self.n :] * self.net((y - self.mean[...]) / self.std[...])
         return jnp.concatenate([p, acc])

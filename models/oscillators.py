@@ -46,8 +46,16 @@ class OscillatorModel(ODEModel):
 
     needs_canonical = True
 
-    def __init__(self, state_dim: int, *, k: int, kind: str = "pendulum", window: int = 10,
-                 objective: str = "trajectory", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        state_dim: int,
+        *,
+        k: int,
+        kind: str = "pendulum",
+        window: int = 10,
+        objective: str = "trajectory",
+        rngs: nnx.Rngs,
+    ):
         check_state_dim(state_dim, even=True, who="OscillatorModel")
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -59,7 +67,9 @@ class OscillatorModel(ODEModel):
         self.log_omega = nnx.Param(jnp.zeros(k))
         self.raw_damping = nnx.Param(jnp.full(k, float(_inv_softplus(1e-3))))
         self.raw_coupling = nnx.Param(jnp.full((k, k), float(_inv_softplus(0.05))))
-        self.raw_mu = nnx.Param(jnp.asarray(float(_inv_softplus(0.5)))) if kind == "vanderpol" else None
+        self.raw_mu = (
+            nnx.Param(jnp.asarray(float(_inv_softplus(0.5)))) if kind == "vanderpol" else None
+        )
         if k != self.n:
             self.readout = nnx.Param(jax.random.normal(key, (self.n, k)) / np.sqrt(k))
         else:
@@ -89,7 +99,7 @@ class OscillatorModel(ODEModel):
         kappa = self.coupling()
         lap = jnp.diag(kappa.sum(-1)) - kappa
         restoring = jnp.sin(u) if self.kind == "pendulum" else u
-        acc = -self.frequencies() ** 2 * restoring - self.damping() * v - lap @ u
+        acc = -(self.frequencies() ** 2) * restoring - self.damping() * v - lap @ u
         if self.kind == "vanderpol":
             acc = acc + self.mu() * (1 - u**2) * v
         return jnp.concatenate([v, acc])
@@ -107,8 +117,10 @@ class OscillatorModel(ODEModel):
         if self.readout is None:
             return x
         c = self.readout[...]
-        return jnp.concatenate([c @ x[: self.k], c @ x[self.k :]], axis=-1) if x.ndim == 1 else (
-            jnp.concatenate([x[..., : self.k] @ c.T, x[..., self.k :] @ c.T], axis=-1)
+        return (
+            jnp.concatenate([c @ x[: self.k], c @ x[self.k :]], axis=-1)
+            if x.ndim == 1
+            else (jnp.concatenate([x[..., : self.k] @ c.T, x[..., self.k :] @ c.T], axis=-1))
         )
 
     def rollout(self, y0, n_steps: int):
@@ -117,7 +129,9 @@ class OscillatorModel(ODEModel):
 
     def loss(self, windows):
         if self.objective == "derivative" and self.readout is not None:
-            raise ValueError("objective='derivative' needs k == n (the latent state must be observed)")
+            raise ValueError(
+                "objective='derivative' needs k == n (the latent state must be observed)"
+            )
         return super().loss(windows)
 
     # ------------------------------------------------------------ initialisation
@@ -152,11 +166,17 @@ class OscillatorModel(ODEModel):
             if self.kind == "vanderpol":
                 mus.append(coef[-1])
         kappa = np.clip(0.5 * (kappa + kappa.T), 1e-7, None)
-        self.log_omega.set_value(jnp.asarray(0.5 * np.log(np.clip(omega2, 1e-4, None)), self.log_omega[...].dtype))
-        self.raw_damping.set_value(jnp.asarray(_inv_softplus(np.clip(gamma, 1e-7, None)), self.raw_damping[...].dtype))
+        self.log_omega.set_value(
+            jnp.asarray(0.5 * np.log(np.clip(omega2, 1e-4, None)), self.log_omega[...].dtype)
+        )
+        self.raw_damping.set_value(
+            jnp.asarray(_inv_softplus(np.clip(gamma, 1e-7, None)), self.raw_damping[...].dtype)
+        )
         self.raw_coupling.set_value(jnp.asarray(_inv_softplus(kappa), self.raw_coupling[...].dtype))
         if self.kind == "vanderpol":
-            self.raw_mu.set_value(jnp.asarray(_inv_softplus(max(np.mean(mus), 1e-3)), self.raw_mu[...].dtype))
+            self.raw_mu.set_value(
+                jnp.asarray(_inv_softplus(max(np.mean(mus), 1e-3)), self.raw_mu[...].dtype)
+            )
 
     def _init_spectral(self, train, dt):
         n, k = self.n, self.k
@@ -166,13 +186,19 @@ class OscillatorModel(ODEModel):
         c = vt[:k].T if k <= vt.shape[0] else np.eye(n, k)
         t_len = train.shape[1]
         pad = 8 * t_len  # zero padding refines the frequency grid
-        spec = (np.abs(np.fft.rfft(q * np.hanning(t_len)[None, :, None], n=pad, axis=1)) ** 2).sum(axis=(0, 2))
+        spec = (np.abs(np.fft.rfft(q * np.hanning(t_len)[None, :, None], n=pad, axis=1)) ** 2).sum(
+            axis=(0, 2)
+        )
         freqs = 2 * np.pi * np.fft.rfftfreq(pad, d=dt)
         spec[0] = 0
-        peaks = [i for i in range(1, len(spec) - 1) if spec[i] >= spec[i - 1] and spec[i] >= spec[i + 1]]
+        peaks = [
+            i for i in range(1, len(spec) - 1) if spec[i] >= spec[i - 1] and spec[i] >= spec[i + 1]
+        ]
         peaks = sorted(peaks, key=lambda i: -spec[i])[:k]
         omegas = np.sort(freqs[peaks]) if peaks else np.ones(k)
         if len(omegas) < k:
-            omegas = np.concatenate([omegas, np.full(k - len(omegas), omegas.mean() if len(omegas) else 1.0)])
+            omegas = np.concatenate(
+                [omegas, np.full(k - len(omegas), omegas.mean() if len(omegas) else 1.0)]
+            )
         self.log_omega.set_value(jnp.asarray(np.log(omegas), self.log_omega[...].dtype))
         self.readout.set_value(jnp.asarray(c, self.readout[...].dtype))

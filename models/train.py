@@ -45,7 +45,12 @@ class TrainingDiverged(RuntimeError):
             f"training diverged{who} at step {step}: the loss became non-finite; "
             f"last finite loss {last_finite_loss:.6g}; the last finite parameters were kept"
         )
-        self.step, self.last_finite_loss, self.model, self.member = step, last_finite_loss, model, member
+        self.step, self.last_finite_loss, self.model, self.member = (
+            step,
+            last_finite_loss,
+            model,
+            member,
+        )
 
 
 def _is_int(x) -> bool:
@@ -87,7 +92,9 @@ class TrainConfig:
 
     def __post_init__(self):
         def bad(field, requirement):
-            raise ValueError(f"TrainConfig: {field} must be {requirement}, got {getattr(self, field)!r}")
+            raise ValueError(
+                f"TrainConfig: {field} must be {requirement}, got {getattr(self, field)!r}"
+            )
 
         for field in ("steps", "batch_size", "eval_every"):
             if not _is_int(getattr(self, field)) or getattr(self, field) < 1:
@@ -96,16 +103,26 @@ class TrainConfig:
             bad("patience", "None or a positive integer")
         if self.warmup is not None and (not _is_int(self.warmup) or self.warmup < 0):
             bad("warmup", "None or a non-negative integer")
-        if not isinstance(self.lr, (int, float, np.integer, np.floating)) or not (math.isfinite(self.lr)
-                                                                                 and self.lr > 0):
+        if not isinstance(self.lr, (int, float, np.integer, np.floating)) or not (
+            math.isfinite(self.lr) and self.lr > 0
+        ):
             bad("lr", "finite and > 0")
-        if not isinstance(self.grad_clip, (int, float, np.integer, np.floating)) or not self.grad_clip > 0:
+        if (
+            not isinstance(self.grad_clip, (int, float, np.integer, np.floating))
+            or not self.grad_clip > 0
+        ):
             bad("grad_clip", "> 0 (inf: no clipping)")
         if self.precision not in ("float32", "float64"):
             bad("precision", "'float32' or 'float64'")
-        # plain Python numbers: hashable like the originals, and JSON-serialisable for the checkpoint
-        for field, cast in (("steps", int), ("batch_size", int), ("eval_every", int), ("lr", float),
-                            ("grad_clip", float)):
+        # plain Python numbers: hashable like the originals, and JSON-serialisable for the
+        # checkpoint
+        for field, cast in (
+            ("steps", int),
+            ("batch_size", int),
+            ("eval_every", int),
+            ("lr", float),
+            ("grad_clip", float),
+        ):
             object.__setattr__(self, field, cast(getattr(self, field)))
         for field in ("patience", "warmup"):
             if getattr(self, field) is not None:
@@ -123,18 +140,24 @@ class TrainConfig:
 _DEFAULT_OPTIMIZER_FIELDS = ("lr", "warmup", "grad_clip")
 
 
-def _resolve_config(config: TrainConfig | None, overrides: dict, *, custom_optimizer: bool = False) -> TrainConfig:
+def _resolve_config(
+    config: TrainConfig | None, overrides: dict, *, custom_optimizer: bool = False
+) -> TrainConfig:
     """`config` (or the defaults) with `overrides` (TrainConfig field names) replaced."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
-                        f"the configuration keywords are TrainConfig's fields: {', '.join(sorted(names))}")
+        raise TypeError(
+            f"unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"the configuration keywords are TrainConfig's fields: {', '.join(sorted(names))}"
+        )
     if custom_optimizer:
         unused = [k for k in _DEFAULT_OPTIMIZER_FIELDS if k in overrides]
         if unused:
-            raise ValueError(f"{', '.join(unused)} configure(s) the default optimizer and would be ignored "
-                             "with optimizer=; put them into your optimizer instead")
+            raise ValueError(
+                f"{', '.join(unused)} configure(s) the default optimizer and would be ignored "
+                "with optimizer=; put them into your optimizer instead"
+            )
     if config is None:
         if "steps" not in overrides:
             raise ValueError("steps is required: pass steps=N or config=TrainConfig(steps=N)")
@@ -150,28 +173,36 @@ def _is_trajectories(dataset) -> bool:
 
 
 # --------------------------------------------------------------------------- checks
-def _validate(model, dataset, config: TrainConfig | None = None, /, *, loss: Loss | None = None,
-              **overrides) -> TrainConfig:
+def _validate(
+    model, dataset, config: TrainConfig | None = None, /, *, loss: Loss | None = None, **overrides
+) -> TrainConfig:
     """Checks the model and the data against each other (before anything touches the model);
     returns the run's configuration."""
     cfg = _resolve_config(config, overrides)
     if cfg.precision == "float64" and not jax.config.jax_enable_x64:
-        raise ValueError("precision='float64' needs jax_enable_x64: jax.config.update('jax_enable_x64', True)")
+        raise ValueError(
+            "precision='float64' needs jax_enable_x64: jax.config.update('jax_enable_x64', True)"
+        )
     if not _is_trajectories(dataset):
         if loss is None:
-            raise ValueError(f"a dataset that is not a trajectory Dataset ({type(dataset).__name__}) "
-                             "needs loss=: fit cannot cut windows from it")
+            raise ValueError(
+                f"a dataset that is not a trajectory Dataset ({type(dataset).__name__}) "
+                "needs loss=: fit cannot cut windows from it"
+            )
         if not isinstance(model, nnx.Module):
             raise ValueError(f"model must be an nnx.Module, got {type(model).__name__}")
         for leaf in jax.tree.leaves(dataset):
-            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not np.all(
+                np.isfinite(np.asarray(leaf))
+            ):
                 raise ValueError("the data contain NaN or inf")
         return cfg
     if not isinstance(model, AbstractModel):
         raise ValueError(f"model must be one of this package's models, got {type(model).__name__}")
     if dataset.state_dim != model.state_dim:
         raise ValueError(
-            f"dataset state_dim {dataset.state_dim} does not match the model's state_dim {model.state_dim}"
+            f"dataset state_dim {dataset.state_dim} does not match "
+            f"the model's state_dim {model.state_dim}"
         )
     system = getattr(dataset, "system", None)
     if model.needs_canonical and system is not None and not system.second_order:
@@ -201,8 +232,11 @@ def _default_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     (0 -> `lr` over `warmup` steps, then down to `lr / 100` at `steps`), after clipping the
     gradients to global norm `grad_clip`."""
     sched = optax.warmup_cosine_decay_schedule(
-        0.0, config.lr, warmup_steps=max(1, config.warmup_steps),
-        decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.lr * 0.01,
+        0.0,
+        config.lr,
+        warmup_steps=max(1, config.warmup_steps),
+        decay_steps=max(config.steps, config.warmup_steps + 1),
+        end_value=config.lr * 0.01,
     )
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(sched))
 
@@ -215,7 +249,11 @@ def _model_loss(model, windows, key):
 
 def _all_finite(tree):
     leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
+    return (
+        jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+        if leaves
+        else jnp.asarray(True)
+    )
 
 
 def _init_state(params, opt):
@@ -234,8 +272,8 @@ def _init_state(params, opt):
     }
 
 
-#: the loss key of step `s` is `fold_in(fold_in(key, s), _LOSS_KEY)`; `split(fold_in(key, s))` cuts the
-#: windows (`fold_in(k, 1)` would be the second half of `split(k)`, hence 2)
+#: the loss key of step `s` is `fold_in(fold_in(key, s), _LOSS_KEY)`; `split(fold_in(key, s))`
+#: cuts the windows (`fold_in(k, 1)` would be the second half of `split(k)`, hence 2)
 _LOSS_KEY = 2
 #: validation calls the loss with `fold_in(key, _VAL_KEY)`, one key for the whole run
 _VAL_KEY = 2**31 - 1
@@ -259,7 +297,9 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: b
         n, t, d = train.shape
         idx = jax.random.randint(k_i, (cfg.batch_size,), 0, n)
         start = jax.random.randint(k_s, (cfg.batch_size,), 0, t - window + 1)
-        windows = jax.vmap(lambda i, s: jax.lax.dynamic_slice(train[i], (s, 0), (window, d)))(idx, start)
+        windows = jax.vmap(lambda i, s: jax.lax.dynamic_slice(train[i], (s, 0), (window, d)))(
+            idx, start
+        )
         return windows, loss_key
 
     def chunk(state, rest, key, train, val_batch, n_steps):
@@ -292,7 +332,9 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: b
                 lambda a, b: jnp.where(improved, a, b), state["params"], state["best_params"]
             )
             state["best_val"] = jnp.where(improved, val, state["best_val"])
-            state["bad_evals"] = jnp.where(improved, 0, state["bad_evals"] + evaluate.astype(jnp.int32))
+            state["bad_evals"] = jnp.where(
+                improved, 0, state["bad_evals"] + evaluate.astype(jnp.int32)
+            )
             if cfg.patience is not None:
                 state["stopped"] = state["stopped"] | (state["bad_evals"] >= cfg.patience)
         else:
@@ -302,6 +344,8 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: b
         return state, mean_loss, val
 
     return chunk
+
+
 # --------------------------------------------------------------------------- checkpoints
 class _Checkpoints:
     """Orbax checkpoints of the training state, plus a JSON-lines log and the run's fingerprint."""
@@ -330,9 +374,11 @@ class _Checkpoints:
             me = jax.process_index()
             (self.dir / "state").mkdir(exist_ok=True)
             options = ocp.CheckpointManagerOptions(
-                max_to_keep=2, create=False,
+                max_to_keep=2,
+                create=False,
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
-                    primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}"),
+                    primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"process{me}"
+                ),
             )
         self.mngr = ocp.CheckpointManager(self.dir / "state", options=options)
         self.log = self.dir / "log.jsonl"
@@ -344,8 +390,10 @@ class _Checkpoints:
                 self._rewrite_log([])
             return None, []
         leaves, treedef = jax.tree.flatten(template)
-        abstract = {str(i): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-                    for i, x in enumerate(leaves)}
+        abstract = {
+            str(i): jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+            for i, x in enumerate(leaves)
+        }
         restored = self.mngr.restore(step, args=self._ocp.args.StandardRestore(abstract))
         state = jax.tree.unflatten(treedef, [restored[str(i)] for i in range(len(leaves))])
         history = []
@@ -373,7 +421,9 @@ class _Checkpoints:
         leaves = jax.tree.leaves(state)
         if jax.process_count() > 1:  # host-local arrays: saved as NumPy by this process alone
             leaves = [np.asarray(x) for x in leaves]
-        self.mngr.save(chunk, args=self._ocp.args.StandardSave({str(i): x for i, x in enumerate(leaves)}))
+        self.mngr.save(
+            chunk, args=self._ocp.args.StandardSave({str(i): x for i, x in enumerate(leaves)})
+        )
         self.mngr.wait_until_finished()
 
     def close(self):
@@ -382,7 +432,9 @@ class _Checkpoints:
 
 # --------------------------------------------------------------------------- driver
 def _cast(tree, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
 
 
 def _mean_of_finite(x) -> str:
@@ -397,8 +449,20 @@ def _name_of(fn) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def _run(models, dataset, keys, *, cfg: TrainConfig, optimizer, loss, checkpoint_dir, progress, log_path,
-         strategy, desc):
+def _run(
+    models,
+    dataset,
+    keys,
+    *,
+    cfg: TrainConfig,
+    optimizer,
+    loss,
+    checkpoint_dir,
+    progress,
+    log_path,
+    strategy,
+    desc,
+):
     """Trains `len(models)` members at once; returns the trained models and their histories."""
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
     trajectories = _is_trajectories(dataset)
@@ -415,14 +479,20 @@ def _run(models, dataset, keys, *, cfg: TrainConfig, optimizer, loss, checkpoint
         window = models[0].window_length(dataset.n_train_steps)
         train = jnp.asarray(dataset.train, dtype)
         has_val = dataset.val.shape[0] > 0
-        val_batch = jnp.asarray(_windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype)
+        val_batch = jnp.asarray(
+            _windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype
+        )
         data_sum = float(np.asarray(dataset.train, np.float64).sum())
     else:  # full-batch data: handed to the loss whole at every step; no validation
         window, has_val, val_batch = None, False, None
         train = _cast(jax.tree.map(jnp.asarray, dataset), dtype)
         data_sum = float(sum(np.asarray(x, np.float64).sum() for x in jax.tree.leaves(dataset)))
-    key_data = jnp.stack([jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
-                          for k in keys])
+    key_data = jnp.stack(
+        [
+            jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
+            for k in keys
+        ]
+    )
     opt = optimizer if optimizer is not None else _default_optimizer(cfg)
     state = jax.vmap(lambda p: _init_state(p, opt))(params)
 
@@ -436,8 +506,14 @@ def _run(models, dataset, keys, *, cfg: TrainConfig, optimizer, loss, checkpoint
     n_chunks = -(-cfg.steps // cfg.eval_every)
     start_chunk = 0
     if checkpoint_dir is not None:
-        fingerprint = dict(cfg.as_dict(), model=type(models[0]).__name__, members=n_members,
-                           keys=np.asarray(key_data).tolist(), window=window, data=data_sum)
+        fingerprint = dict(
+            cfg.as_dict(),
+            model=type(models[0]).__name__,
+            members=n_members,
+            keys=np.asarray(key_data).tolist(),
+            window=window,
+            data=data_sum,
+        )
         # recorded only when used, so that directories of default runs stay valid
         if loss is not _model_loss:
             fingerprint["loss"] = _name_of(loss)
@@ -483,11 +559,17 @@ def _run(models, dataset, keys, *, cfg: TrainConfig, optimizer, loss, checkpoint
             ckpt.close()
 
     diverged = np.asarray(state["diverged"])
-    final = jax.tree.map(
-        lambda best, cur: jnp.where(
-            jnp.reshape(jnp.asarray(diverged), (-1,) + (1,) * (best.ndim - 1)), cur, best),
-        state["best_params"], state["params"],
-    ) if has_val else state["params"]
+    final = (
+        jax.tree.map(
+            lambda best, cur: jnp.where(
+                jnp.reshape(jnp.asarray(diverged), (-1,) + (1,) * (best.ndim - 1)), cur, best
+            ),
+            state["best_params"],
+            state["params"],
+        )
+        if has_val
+        else state["params"]
+    )
     for i, m in enumerate(models):
         nnx.update(m, jax.tree.map(lambda x: x[i], final), jax.tree.map(lambda x: x[i], rest))
     return models, history, state, diverged
@@ -497,22 +579,34 @@ def _chunk_for(graphdef, cfg, window, has_val, strategy, loss, optimizer):
     try:
         hash((loss, optimizer))
     except TypeError:  # an unhashable custom loss or optimizer: compiled afresh, not cached
-        return _compiled_chunk.__wrapped__(graphdef, cfg, window, has_val, strategy, loss, optimizer)
+        return _compiled_chunk.__wrapped__(
+            graphdef, cfg, window, has_val, strategy, loss, optimizer
+        )
     return _compiled_chunk(graphdef, cfg, window, has_val, strategy, loss, optimizer)
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_chunk(graphdef, cfg: TrainConfig, window: int | None, has_val: bool, strategy: str, loss: Loss,
-                    optimizer):
+def _compiled_chunk(
+    graphdef,
+    cfg: TrainConfig,
+    window: int | None,
+    has_val: bool,
+    strategy: str,
+    loss: Loss,
+    optimizer,
+):
     """The jitted, member-batched training chunk; cached, so that repeated fits of the same
-    architecture, configuration, loss and optimizer (seeds, ensembles, resumed runs) compile once."""
+    architecture, configuration, loss and optimizer (seeds, ensembles, resumed runs) compile
+    once."""
     opt = optimizer if optimizer is not None else _default_optimizer(cfg)
     chunk = _build_chunk(graphdef, opt, cfg, window, has_val, loss)
 
     def run_member(st, r, kd, train, val_batch, n_steps):
         return chunk(st, r, jax.random.wrap_key_data(kd), train, val_batch, n_steps)
 
-    if strategy == "single":  # one member: no batching at all (a vmap of one costs ~15% on the LSTM)
+    if strategy == "single":
+        # one member: no batching at all (a vmap of one costs ~15% on the LSTM)
+
         def batched(st, r, kd, train, val_batch, n):
             squeeze = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
             out = run_member(squeeze(st), squeeze(r), kd[0], train, val_batch, n)
@@ -520,6 +614,7 @@ def _compiled_chunk(graphdef, cfg: TrainConfig, window: int | None, has_val: boo
     elif strategy == "vmap":
         batched = jax.vmap(run_member, in_axes=(0, 0, 0, None, None, None))
     elif strategy == "map":
+
         def batched(st, r, kd, train, val_batch, n):
             return jax.lax.map(lambda a: run_member(*a, train, val_batch, n), (st, r, kd))
     else:
@@ -541,8 +636,13 @@ def _member_sharding(n_members: int):
 
 def _history_of(history, i):
     return [
-        {"chunk": r["chunk"], "step": r["step"][i], "train_loss": r["train_loss"][i],
-         "val_loss": r["val_loss"][i], "seconds": r["seconds"]}
+        {
+            "chunk": r["chunk"],
+            "step": r["step"][i],
+            "train_loss": r["train_loss"][i],
+            "val_loss": r["val_loss"][i],
+            "seconds": r["seconds"],
+        }
         for r in history
     ]
 
@@ -619,8 +719,17 @@ def fit(
     _validate(model, dataset, cfg, loss=loss)
     loss = _model_loss if loss is None else loss
     (model,), history, state, diverged = _run(
-        [model], dataset, [key], cfg=cfg, optimizer=optimizer, loss=loss, checkpoint_dir=checkpoint_dir,
-        progress=progress, log_path=log_path, strategy="single", desc=type(model).__name__,
+        [model],
+        dataset,
+        [key],
+        cfg=cfg,
+        optimizer=optimizer,
+        loss=loss,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        log_path=log_path,
+        strategy="single",
+        desc=type(model).__name__,
     )
     if diverged[0]:
         raise TrainingDiverged(int(state["diverged_step"][0]), float(state["last_loss"][0]), model)
@@ -667,11 +776,22 @@ def fit_ensemble(
     _validate(models[0], dataset, cfg, loss=loss)
     loss = _model_loss if loss is None else loss
     models, history, state, diverged = _run(
-        models, dataset, keys, cfg=cfg, optimizer=optimizer, loss=loss, checkpoint_dir=checkpoint_dir,
-        progress=progress, log_path=None, strategy=strategy, desc=f"ensemble of {len(models)}",
+        models,
+        dataset,
+        keys,
+        cfg=cfg,
+        optimizer=optimizer,
+        loss=loss,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        log_path=None,
+        strategy=strategy,
+        desc=f"ensemble of {len(models)}",
     )
     histories = [_history_of(history, i) for i in range(len(models))]
     if diverged.any():
         i = int(np.flatnonzero(diverged)[0])
-        raise TrainingDiverged(int(state["diverged_step"][i]), float(state["last_loss"][i]), models, member=i)
+        raise TrainingDiverged(
+            int(state["diverged_step"][i]), float(state["last_loss"][i]), models, member=i
+        )
     return models, histories

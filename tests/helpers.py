@@ -84,7 +84,11 @@ class ClocksOnAShelf(dynamics.AbstractSystem):
     def sample_initial_states(self, key, n, *, scale=1.0):
         kq, kp = jax.random.split(key)
         q = jax.random.uniform(kq, (n, self.n_oscillators), minval=-0.5, maxval=0.5) * scale
-        p = jax.random.uniform(kp, (n, self.n_oscillators), minval=-0.5, maxval=0.5) * scale * self.omega
+        p = (
+            jax.random.uniform(kp, (n, self.n_oscillators), minval=-0.5, maxval=0.5)
+            * scale
+            * self.omega
+        )
         return jnp.concatenate([q, jnp.full((n, 1), 0.3 * scale), p], axis=-1)
 
 
@@ -115,11 +119,22 @@ def _random_coupling(rng, n, high=0.5):
 
 
 SYSTEMS = [
-    "HarmonicChain", "CoupledPendulums", "CoupledVanDerPol", "HuygensClocks",
-    "Kuramoto", "DoublePendulum", "HamiltonianSystem",
+    "HarmonicChain",
+    "CoupledPendulums",
+    "CoupledVanDerPol",
+    "HuygensClocks",
+    "Kuramoto",
+    "DoublePendulum",
+    "HamiltonianSystem",
 ]
 #: the conservative systems (`UndampedHuygensClocks`: `gamma = mu = beam_gamma = 0`)
-CONSERVATIVE = ["HarmonicChain", "CoupledPendulums", "DoublePendulum", "UndampedHuygensClocks", "HamiltonianSystem"]
+CONSERVATIVE = [
+    "HarmonicChain",
+    "CoupledPendulums",
+    "DoublePendulum",
+    "UndampedHuygensClocks",
+    "HamiltonianSystem",
+]
 
 
 @functools.cache
@@ -135,7 +150,9 @@ def random_system(name: str, seed: int = 0) -> d.AbstractSystem:
     if name == "CoupledPendulums":
         return d.CoupledPendulums(rng.uniform(0.5, 2.0, n), _random_coupling(rng, n))
     if name == "CoupledVanDerPol":
-        return d.CoupledVanDerPol(rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0), _random_coupling(rng, n))
+        return d.CoupledVanDerPol(
+            rng.uniform(0.5, 2.0, n), rng.uniform(0.5, 2.0), _random_coupling(rng, n)
+        )
     if name in ("HuygensClocks", "UndampedHuygensClocks"):
         damped = name == "HuygensClocks"
         return d.HuygensClocks(
@@ -154,7 +171,7 @@ def random_system(name: str, seed: int = 0) -> d.AbstractSystem:
         return d.DoublePendulum(m1, m2, l1, l2, g=rng.uniform(5.0, 15.0))
     if name == "HamiltonianSystem":  # the random pendulums' energy, as a black-box H(q, p)
         pend = random_system("CoupledPendulums", seed)
-        return d.HamiltonianSystem(lambda q, p: pend.energy(jnp.concatenate([q, p])), pend.n_oscillators)
+        return d.HamiltonianSystem(
+            lambda q, p: pend.energy(jnp.concatenate([q, p])), pend.n_oscillators
+        )
     raise KeyError(name)
-
-

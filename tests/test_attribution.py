@@ -1,6 +1,7 @@
 """Tests of models.attribution: closed forms, Captum's reference values, invariances,
 conservation of LRP, faithfulness metrics, and scoring against the simulator."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,6 @@ import pytest
 import scipy.stats
 
 import dynamics
-import equinox as eqx
 from models import attribution as attr
 
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -33,7 +33,8 @@ def basic_model2(x):
 
 
 def basic_model3(x):
-    """Captum's BasicModel3, the same function written differently: ReLU(ReLU(x1 - 1) - ReLU(x2))."""
+    """Captum's BasicModel3, the same function written differently:
+    ReLU(ReLU(x1 - 1) - ReLU(x2))."""
     return relu(relu(x[0] - 1.0) - relu(x[1]))
 
 
@@ -107,7 +108,9 @@ def test_ig_captum_toy_model(method):
     np.testing.assert_allclose(ig, [1.5, -0.5], atol=5e-3)
     assert abs(float(delta)) < 5e-3
     if method == "gausslegendre":  # the returned delta is the separately computed one
-        np.testing.assert_allclose(delta, attr.completeness_delta(basic_model2, x, ig), rtol=0, atol=1e-15)
+        np.testing.assert_allclose(
+            delta, attr.completeness_delta(basic_model2, x, ig), rtol=0, atol=1e-15
+        )
 
 
 def test_ig_implementation_invariance_captum_models():
@@ -129,7 +132,9 @@ def test_ig_implementation_invariance_reparametrised_relu_net():
         return v @ relu(w @ x + b)
 
     def net_b(x):
-        return (v[perm] / scale[perm]) @ relu((w[perm] * scale[perm, None]) @ x + b[perm] * scale[perm])
+        return (v[perm] / scale[perm]) @ relu(
+            (w[perm] * scale[perm, None]) @ x + b[perm] * scale[perm]
+        )
 
     x, base = rng.normal(size=d), rng.normal(size=d)
     np.testing.assert_allclose(net_a(x), net_b(x), rtol=1e-12)
@@ -142,7 +147,10 @@ def test_ig_implementation_invariance_reparametrised_relu_net():
 def test_completeness_delta_shrinks_with_steps(method):
     f, x = smooth_net()
     steps = [4, 32, 256]
-    deltas = [abs(float(attr.integrated_gradients_with_delta(f, x, steps=s, method=method)[1])) for s in steps]
+    deltas = [
+        abs(float(attr.integrated_gradients_with_delta(f, x, steps=s, method=method)[1]))
+        for s in steps
+    ]
     for prev, nxt in zip(deltas, deltas[1:]):
         assert nxt <= 1.05 * prev + 1e-12, deltas
     assert deltas[-1] < 3e-2 * deltas[0] and deltas[-1] < 1e-2
@@ -151,7 +159,8 @@ def test_completeness_delta_shrinks_with_steps(method):
 
 
 @pytest.mark.parametrize(
-    "method,steps", [("gausslegendre", 1), ("gausslegendre", 3), ("riemann_middle", 1), ("riemann_trapezoid", 2)]
+    "method,steps",
+    [("gausslegendre", 1), ("gausslegendre", 3), ("riemann_middle", 1), ("riemann_trapezoid", 2)],
 )
 def test_ig_quadratic_energy_closed_form(method, steps):
     rng = np.random.default_rng(1)
@@ -179,7 +188,9 @@ def test_ig_baselines_and_single_step_identity():
         rtol=1e-13,
     )
     np.testing.assert_allclose(
-        attr.integrated_gradients(f, x, steps=1, method="riemann_right"), attr.gradient_x_input(f, x), rtol=1e-13
+        attr.integrated_gradients(f, x, steps=1, method="riemann_right"),
+        attr.gradient_x_input(f, x),
+        rtol=1e-13,
     )
     # IG of the identity (sum) is x - baseline
     np.testing.assert_allclose(attr.integrated_gradients(jnp.sum, x, base), x - base, rtol=1e-13)
@@ -190,7 +201,9 @@ def test_ig_chunked_equals_unchunked_at_1000_steps():
     kw = dict(steps=1000, method="riemann_trapezoid")
     full = attr.integrated_gradients(f, x, chunk_size=1000, **kw)
     for c in (64, 7):
-        np.testing.assert_allclose(attr.integrated_gradients(f, x, chunk_size=c, **kw), full, rtol=1e-12)
+        np.testing.assert_allclose(
+            attr.integrated_gradients(f, x, chunk_size=c, **kw), full, rtol=1e-12
+        )
 
 
 def test_vmap_jit_grad():
@@ -206,10 +219,14 @@ def test_vmap_jit_grad():
 
     # grad through saliency: d/dx sum(d/dx sum(x^3)/3) = d/dx sum(x^2) = 2x
     cube = lambda x: jnp.sum(x**3) / 3  # noqa: E731
-    np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(attr.saliency(cube, x)))(xs[0]), 2 * xs[0], rtol=1e-12)
+    np.testing.assert_allclose(
+        jax.grad(lambda x: jnp.sum(attr.saliency(cube, x)))(xs[0]), 2 * xs[0], rtol=1e-12
+    )
     np.testing.assert_allclose(attr.saliency(cube, -xs[0], abs=True), xs[0] ** 2, rtol=1e-12)
     # and through IG (second order through the scan over chunks)
-    g = jax.grad(lambda x: jnp.sum(attr.integrated_gradients(cube, x, steps=4, chunk_size=3)))(xs[0])
+    g = jax.grad(lambda x: jnp.sum(attr.integrated_gradients(cube, x, steps=4, chunk_size=3)))(
+        xs[0]
+    )
     np.testing.assert_allclose(g, xs[0] ** 2, rtol=1e-12)  # IG_i = x_i^3 / 3 exactly
 
     # fn closing over traced parameters inside jit
@@ -218,7 +235,9 @@ def test_vmap_jit_grad():
 
     p = jnp.linspace(0.5, 1.5, x0.size)
     out = jax.jit(lambda p, x: attr.integrated_gradients(lambda y: model(p, y), x))(p, xs[1])
-    np.testing.assert_allclose(out, attr.integrated_gradients(lambda y: model(p, y), xs[1]), rtol=1e-12)
+    np.testing.assert_allclose(
+        out, attr.integrated_gradients(lambda y: model(p, y), xs[1]), rtol=1e-12
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -229,7 +248,9 @@ def test_vmap_jit_grad():
 def test_smoothgrad_and_vargrad(getkey, rbgkey):
     f, x = smooth_net(seed=6, d=6)
     key = getkey()
-    np.testing.assert_allclose(attr.smoothgrad(f, x, key=key, n=32, sigma=0.0), attr.saliency(f, x), rtol=1e-13)
+    np.testing.assert_allclose(
+        attr.smoothgrad(f, x, key=key, n=32, sigma=0.0), attr.saliency(f, x), rtol=1e-13
+    )
     assert np.max(attr.vargrad(f, x, key=key, n=32, sigma=0.0)) < 1e-20
 
     rng = np.random.default_rng(7)
@@ -264,7 +285,9 @@ def _occlusion_reference(fn, x, window, stride, baseline, per_channel):
     return total / count
 
 
-@pytest.mark.parametrize("window,stride,per_channel", [(1, 1, True), (2, 2, False), (3, 2, True), (5, 1, False)])
+@pytest.mark.parametrize(
+    "window,stride,per_channel", [(1, 1, True), (2, 2, False), (3, 2, True), (5, 1, False)]
+)
 def test_occlusion_against_loops(window, stride, per_channel):
     rng = np.random.default_rng(8)
     x = rng.normal(size=(5, 3))
@@ -273,7 +296,9 @@ def test_occlusion_against_loops(window, stride, per_channel):
     def fn(y):
         return jnp.sum(jnp.tanh(y * w)) + jnp.sum(y[:, 0] * y[:, 1])
 
-    got = attr.occlusion(fn, x, window=window, stride=stride, baseline=0.5, per_channel=per_channel, chunk_size=4)
+    got = attr.occlusion(
+        fn, x, window=window, stride=stride, baseline=0.5, per_channel=per_channel, chunk_size=4
+    )
     ref = _occlusion_reference(fn, x, window, stride, 0.5, per_channel)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14)
 
@@ -365,7 +390,9 @@ def test_lstm_lrp_matches_reference_and_forward():
     xs = rng.normal(size=(6, 3))
     ref, y = _reference_lstm_lrp(params, xs, target=1, eps=1e-3)
     np.testing.assert_allclose(attr.lstm_forward(params, xs), y, rtol=1e-12)
-    np.testing.assert_allclose(attr.lstm_lrp(params, xs, target=1, eps=1e-3), ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        attr.lstm_lrp(params, xs, target=1, eps=1e-3), ref, rtol=1e-9, atol=1e-12
+    )
 
 
 def test_lstm_lrp_conservation_float64():
@@ -408,7 +435,9 @@ def test_lstm_lrp_gate_rule_by_hand():
     p2 = {**params, "layers": [{**params["layers"][0], "w_x": w2}]}
     y2 = float(attr.lstm_forward(p2, x)[0])
     assert abs(y2 - y) > 1e-3
-    np.testing.assert_allclose(attr.lstm_lrp(p2, x, target=0, eps=0.0)[0], y2 * x[0] * w_x[:, 2] / zg, rtol=1e-12)
+    np.testing.assert_allclose(
+        attr.lstm_lrp(p2, x, target=0, eps=0.0)[0], y2 * x[0] * w_x[:, 2] / zg, rtol=1e-12
+    )
 
 
 def test_lstm_lrp_vmap_jit():
@@ -451,7 +480,14 @@ def test_max_sensitivity(rbgkey):
     w = rng.normal(size=5)
     x = rng.normal(size=5)
     linear = lambda y: w @ y  # noqa: E731
-    assert float(attr.max_sensitivity(lambda y: attr.saliency(linear, y), x, key=rbgkey(), n=8, radius=0.1)) == 0.0
+    assert (
+        float(
+            attr.max_sensitivity(
+                lambda y: attr.saliency(linear, y), x, key=rbgkey(), n=8, radius=0.1
+            )
+        )
+        == 0.0
+    )
     f, x = smooth_net(seed=16)
     s_small = attr.max_sensitivity(lambda y: attr.saliency(f, y), x, key=rbgkey(), n=8, radius=1e-3)
     s_big = attr.max_sensitivity(lambda y: attr.saliency(f, y), x, key=rbgkey(), n=8, radius=0.3)
@@ -494,7 +530,9 @@ def test_randomisation_check_flags_parameter_blind_explanations(rbgkey):
     # tuple paths into nested containers; the cascade randomises in the given order
     nested = {"layers": [params["l1"], params["l2"]], "out": params["out"]}
     expl = lambda p, y: p["layers"][0]["w"][0] * y  # noqa: E731  depends on the bottom layer only
-    res2 = attr.randomisation_check(expl, nested, x, key=rbgkey(), layer_order=["out", ("layers", 1), ("layers", 0)])
+    res2 = attr.randomisation_check(
+        expl, nested, x, key=rbgkey(), layer_order=["out", ("layers", 1), ("layers", 0)]
+    )
     np.testing.assert_allclose(res2.correlations[:2], 1.0)
     assert float(res2.correlations[2]) < 0.5 and bool(res2.passes)
 
@@ -503,7 +541,9 @@ def test_spearman_and_auroc_against_scipy():
     rng = np.random.default_rng(18)
     a = rng.integers(0, 5, size=40).astype(float)  # many ties
     b = a + rng.integers(0, 3, size=40)
-    np.testing.assert_allclose(attr.spearman(a, b), scipy.stats.spearmanr(a, b).statistic, rtol=1e-12)
+    np.testing.assert_allclose(
+        attr.spearman(a, b), scipy.stats.spearmanr(a, b).statistic, rtol=1e-12
+    )
     c = rng.normal(size=40)
     np.testing.assert_allclose(attr.spearman(c, -(c**3)), -1.0, rtol=1e-12)
 
@@ -516,7 +556,9 @@ def test_spearman_and_auroc_against_scipy():
     brute = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
     np.testing.assert_allclose(attr.coupling_auroc(scores, graph), brute, rtol=1e-12)
     u = scipy.stats.mannwhitneyu(pos, neg).statistic
-    np.testing.assert_allclose(attr.coupling_auroc(scores, graph), u / (len(pos) * len(neg)), rtol=1e-12)
+    np.testing.assert_allclose(
+        attr.coupling_auroc(scores, graph), u / (len(pos) * len(neg)), rtol=1e-12
+    )
     # the diagonal is ignored
     scores2 = scores.copy()
     np.fill_diagonal(scores2, 100.0)
@@ -531,7 +573,9 @@ def test_spearman_and_auroc_against_scipy():
 @pytest.fixture(scope="module")
 def chain():
     n = 4
-    system = dynamics.HarmonicChain(omega=np.linspace(1.0, 1.6, n), coupling=dynamics.chain_coupling(n, 0.5))
+    system = dynamics.HarmonicChain(
+        omega=np.linspace(1.0, 1.6, n), coupling=dynamics.chain_coupling(n, 0.5)
+    )
     y0 = jnp.array([0.3, -0.2, 0.4, 0.1, 0.2, 0.5, -0.6, 0.3])
     ts = jnp.array([0.0, 0.1, 0.5, 1.0, 1.5, 2.0, 3.0])
     jac = attr.true_jacobian(system, y0, ts, rtol=1e-10, atol=1e-10)
@@ -586,7 +630,9 @@ def test_oscillator_scores_layouts():
     clocks = dynamics.HuygensClocks(jnp.array([1.0, 1.2]))
     h = attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=clocks)
     np.testing.assert_allclose(h, 4.0)
-    np.testing.assert_allclose(attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=[[0, 3], [1, 4]]), h)
+    np.testing.assert_allclose(
+        attr.oscillator_scores(np.ones((6, 6)), 2, state_layout=[[0, 3], [1, 4]]), h
+    )
     # ... and is never guessed from D = 2n + 2
     with pytest.raises(ValueError, match="oscillator_groups"):
         attr.oscillator_scores(np.ones((6, 6)), 2)
@@ -612,7 +658,9 @@ class _ChainWithDrift(dynamics.AbstractSystem):
     def vector_field(self, t, y):
         q, p, s = y[:3], y[3:6], y[6]
         lap = jnp.array([q[0] - q[1], 2 * q[1] - q[0] - q[2], q[2] - q[1]])
-        return jnp.concatenate([p, -jnp.array([1.0, 1.5, 2.0]) ** 2 * q - 0.3 * lap + s, -s[None]])
+        return jnp.concatenate(
+            [p, -(jnp.array([1.0, 1.5, 2.0]) ** 2) * q - 0.3 * lap + s, -s[None]]
+        )
 
     def coupling_graph(self):
         return jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
@@ -632,9 +680,13 @@ def test_a_declared_user_layout_pools_by_its_groups():
     ab, groups = np.abs(a), ((0, 3), (1, 4), (2, 5))
     expected = np.array([[ab[np.ix_(gi, gj)].sum() for gj in groups] for gi in groups])
     np.testing.assert_allclose(attr.oscillator_scores(a, 3, state_layout=sys), expected, rtol=1e-12)
-    np.testing.assert_allclose(attr.oscillator_scores(a, 3, state_layout=[list(g) for g in groups]), expected)
+    np.testing.assert_allclose(
+        attr.oscillator_scores(a, 3, state_layout=[list(g) for g in groups]), expected
+    )
     m = attr.oscillator_membership(sys, 7)
-    np.testing.assert_array_equal(m, [[1, 0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 1, 0]])
+    np.testing.assert_array_equal(
+        m, [[1, 0, 0, 1, 0, 0, 0], [0, 1, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 1, 0]]
+    )
     np.testing.assert_array_equal(attr.oscillator_membership(groups, 7), m)
     # end to end: the simulator's own sensitivities recover the chain, through the system's groups
     ts = jnp.array([0.0, 0.2, 0.4])
@@ -654,8 +706,9 @@ def test_an_undeclared_user_layout_raises_instead_of_guessing():
     with pytest.raises(ValueError, match="not declared"):
         attr.oscillator_membership(sys, 7)
     with pytest.raises(ValueError, match="oscillator_groups"):
-        attr.score_by_horizon(np.ones((2, 7, 7)), np.ones((2, 7, 7)), sys.coupling_graph(),
-                              np.array([0.0, 1.0]), 0.5)
+        attr.score_by_horizon(
+            np.ones((2, 7, 7)), np.ones((2, 7, 7)), sys.coupling_graph(), np.array([0.0, 1.0]), 0.5
+        )
     with pytest.raises(ValueError, match="state_dim=7"):
         attr.oscillator_membership(_ChainWithDrift(), 6)
     with pytest.raises(ValueError, match="3 index groups"):
@@ -717,4 +770,6 @@ def test_bad_inputs_raise_clear_errors(getkey, unchecked):
     with pytest.raises(ValueError, match="layout"):
         attr.oscillator_scores(jnp.ones((5, 5)), 2)
     with pytest.raises(ValueError, match="y0"):
-        attr.true_jacobian(dynamics.HarmonicChain([1.0, 2.0], np.zeros((2, 2))), jnp.ones(3), jnp.linspace(0, 1, 3))
+        attr.true_jacobian(
+            dynamics.HarmonicChain([1.0, 2.0], np.zeros((2, 2))), jnp.ones(3), jnp.linspace(0, 1, 3)
+        )

@@ -42,7 +42,12 @@ def test_shapes_and_time_grid(noisy, system):
     np.testing.assert_array_equal(noisy.ts_train, noisy.ts[:T_TRAIN])
     assert noisy.ts_train[-1] == pytest.approx(2.0)
     assert noisy.t_end == pytest.approx(6.0)
-    assert (noisy.t_train, noisy.dt, noisy.n_train_steps, noisy.state_dim) == (2.0, 0.1, T_TRAIN, dim)
+    assert (noisy.t_train, noisy.dt, noisy.n_train_steps, noisy.state_dim) == (
+        2.0,
+        0.1,
+        T_TRAIN,
+        dim,
+    )
     for name in SPLITS:
         assert noisy.split(name) is getattr(noisy, name)
         assert np.all(np.isfinite(noisy.split(name)))
@@ -51,7 +56,9 @@ def test_shapes_and_time_grid(noisy, system):
 
 
 def test_initial_states_are_distinct_across_splits(clean):
-    starts = np.concatenate([clean.train[:, 0], clean.val[:, 0], clean.test[:, 0], clean.test_ood[:, 0]])
+    starts = np.concatenate(
+        [clean.train[:, 0], clean.val[:, 0], clean.test[:, 0], clean.test_ood[:, 0]]
+    )
     assert len(np.unique(starts.round(12), axis=0)) == len(starts)
 
 
@@ -128,7 +135,15 @@ def _dummy_dataset(system, seed=0):
     [
         d.HarmonicChain([1.0, 2.0], d.chain_coupling(2, 0.1)),
         d.CoupledVanDerPol([1.0, 1.5, 0.7], 2.5, d.ring_coupling(3, 0.2)),
-        d.HuygensClocks([1.0, 1.01], gamma=0.02, mu=0.2, theta0=0.3, beam_omega=2.0, beam_gamma=0.3, mass_ratio=0.1),
+        d.HuygensClocks(
+            [1.0, 1.01],
+            gamma=0.02,
+            mu=0.2,
+            theta0=0.3,
+            beam_omega=2.0,
+            beam_gamma=0.3,
+            mass_ratio=0.1,
+        ),
         d.Kuramoto([0.3, -1.2, 2.0], d.all_to_all_coupling(3, 0.4)),
         d.DoublePendulum(1.0, 2.0, 0.5, 1.5, 9.81),
     ],

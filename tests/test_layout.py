@@ -84,9 +84,16 @@ def test_observables_name_what_each_system_has(getkey):
     np.testing.assert_allclose(two.observables(y2)["phase_difference_2"], two.phase_difference(y2))
     theta = s["kuramoto"].sample_initial_states(getkey(), 4)
     assert set(s["kuramoto"].observables(theta)) == {"order_parameter"}
-    np.testing.assert_allclose(s["harmonic"].observables(jnp.ones(6))["energy"], s["harmonic"].energy(jnp.ones(6)))
+    np.testing.assert_allclose(
+        s["harmonic"].observables(jnp.ones(6))["energy"], s["harmonic"].energy(jnp.ones(6))
+    )
     assert [n for n, sy in s.items() if sy.conservative] == ["harmonic", "pendulums", "double"]
-    assert [n for n, sy in s.items() if sy.angular] == ["pendulums", "huygens", "kuramoto", "double"]
+    assert [n for n, sy in s.items() if sy.angular] == [
+        "pendulums",
+        "huygens",
+        "kuramoto",
+        "double",
+    ]
 
 
 def _huygens_lagrangian(clocks, q, qdot):

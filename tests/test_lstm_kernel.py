@@ -33,8 +33,14 @@ def _normal(seed, shape, scale=1.0):
 
 @pytest.fixture(scope="module")
 def args():
-    return (_normal(0, (D, 4 * H), 0.6), _normal(1, (H, 4 * H), 0.6), _normal(2, (4 * H,)), _normal(3, (T, D)),
-            _normal(4, (H,), 0.5), _normal(5, (H,)))
+    return (
+        _normal(0, (D, 4 * H), 0.6),
+        _normal(1, (H, 4 * H), 0.6),
+        _normal(2, (4 * H,)),
+        _normal(3, (T, D)),
+        _normal(4, (H,), 0.5),
+        _normal(5, (H,)),
+    )
 
 
 def _objective(layer):
@@ -56,7 +62,11 @@ def test_values_and_reverse_mode(args):
         def both(layer):
             f = _objective(layer)
             # all derivatives at once, and some alone (symbolic-zero tangents for the rest)
-            return layer(*args), jax.grad(f, argnums=range(6))(*args), [jax.grad(f, argnums=i)(*args) for i in (1, 3, 4)]
+            return (
+                layer(*args),
+                jax.grad(f, argnums=range(6))(*args),
+                [jax.grad(f, argnums=i)(*args) for i in (1, 3, 4)],
+            )
 
         return both(lstm_layer), both(_lstm_layer)
 
@@ -65,7 +75,9 @@ def test_values_and_reverse_mode(args):
 
 
 def test_forward_mode_and_second_order(args):
-    tangents = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), args)
+    tangents = jax.tree.map(
+        lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), args
+    )
 
     @_jit
     def run(args, tangents):
@@ -114,7 +126,9 @@ def test_zero_length_sequence(args):
     hs, (h, c) = lstm_layer(w_x, w_h, b, jnp.zeros((0, D)), h0, c0)
     assert hs.shape == (0, H)
     _close((h, c), (h0, c0))
-    g = jax.grad(lambda h0: jnp.sum(lstm_layer(w_x, w_h, b, jnp.zeros((0, D)), h0, c0)[1][0] ** 2))(h0)
+    g = jax.grad(lambda h0: jnp.sum(lstm_layer(w_x, w_h, b, jnp.zeros((0, D)), h0, c0)[1][0] ** 2))(
+        h0
+    )
     _close(g, 2 * h0)
 
 
@@ -157,8 +171,11 @@ def test_model_matches_the_reference_layer(monkeypatch):
     def run(p, reference: bool):
         model = nnx.merge(graphdef, p, rest)
         outputs = model(xb[0]), model(xb), model.hidden_states(xb)
-        loss = (lambda p: _reference_loss(nnx.merge(graphdef, p, rest), windows)) if reference else (
-            lambda p: nnx.merge(graphdef, p, rest).loss(windows))
+        loss = (
+            (lambda p: _reference_loss(nnx.merge(graphdef, p, rest), windows))
+            if reference
+            else (lambda p: nnx.merge(graphdef, p, rest).loss(windows))
+        )
         return outputs, jax.value_and_grad(loss)(p)
 
     @_jit

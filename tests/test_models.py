@@ -49,8 +49,15 @@ def _low_rank_dataset():
         return np.concatenate([u @ c.T, v @ c.T], axis=-1)
 
     return d.Dataset(
-        system=None, ts=ts, t_train=5.0, dt=DT, train=trajectories(8)[:, :51], val=trajectories(4)[:, :51],
-        test=trajectories(3), test_ood=trajectories(3), metadata={},
+        system=None,
+        ts=ts,
+        t_train=5.0,
+        dt=DT,
+        train=trajectories(8)[:, :51],
+        val=trajectories(4)[:, :51],
+        test=trajectories(3),
+        test_ood=trajectories(3),
+        metadata={},
     )
 
 
@@ -76,25 +83,35 @@ def datasets():
 # tenfold (measured: 35x to 1000x).
 NN = dict(steps=400, eval_every=50, lr=1e-2)
 SPECS = {
-    "LSTM": (lambda r: m.LSTM(DIM, hidden=16, warmup=5, rollout=5, rngs=r), "chain", dict(NN, steps=300)),
+    "LSTM": (
+        lambda r: m.LSTM(DIM, hidden=16, warmup=5, rollout=5, rngs=r),
+        "chain",
+        dict(NN, steps=300),
+    ),
     "NeuralODE": (lambda r: m.NeuralODE(DIM, width=16, depth=1, rngs=r), "chain", NN),
     "SecondOrderNODE": (lambda r: m.SecondOrderNODE(DIM, width=16, depth=1, rngs=r), "chain", NN),
     "HNN": (lambda r: m.HNN(DIM, width=16, depth=1, rngs=r), "chain", NN),
     "DissipativeHNN": (lambda r: m.DissipativeHNN(DIM, width=16, depth=1, rngs=r), "chain", NN),
     # derivative matching (the LNN paper's set-up) compiles 2-3x faster than a rollout through
     # the Hessian solve; the forecast still integrates the learned accelerations
-    "LNN": (lambda r: m.LNN(DIM, width=16, depth=1, objective="derivative", rngs=r), "chain",
-            dict(NN, steps=150)),
+    "LNN": (
+        lambda r: m.LNN(DIM, width=16, depth=1, objective="derivative", rngs=r),
+        "chain",
+        dict(NN, steps=150),
+    ),
     "Oscillator-harmonic": (
-        lambda r: m.OscillatorModel(DIM, k=3, kind="harmonic", rngs=r), "chain",
+        lambda r: m.OscillatorModel(DIM, k=3, kind="harmonic", rngs=r),
+        "chain",
         dict(steps=400, eval_every=50, lr=1e-3),
     ),
     "Oscillator-pendulum": (
-        lambda r: m.OscillatorModel(DIM, k=3, kind="pendulum", rngs=r), "pendulum",
+        lambda r: m.OscillatorModel(DIM, k=3, kind="pendulum", rngs=r),
+        "pendulum",
         dict(steps=400, eval_every=50, lr=1e-3),
     ),
     "Oscillator-k2": (
-        lambda r: m.OscillatorModel(DIM, k=2, kind="harmonic", rngs=r), "low_rank",
+        lambda r: m.OscillatorModel(DIM, k=2, kind="harmonic", rngs=r),
+        "low_rank",
         dict(steps=800, eval_every=50, lr=3e-2),
     ),
 }
@@ -110,8 +127,13 @@ def fitted(datasets):
             make, data_name, kwargs = SPECS[name]
             ds = datasets(data_name)
             model, history = m.fit(
-                make(nnx.Rngs(0)), ds, key=jax.random.key(1), batch_size=16, precision="float64",
-                progress=False, **kwargs,
+                make(nnx.Rngs(0)),
+                ds,
+                key=jax.random.key(1),
+                batch_size=16,
+                precision="float64",
+                progress=False,
+                **kwargs,
             )
             cache[name] = (model, history, ds)
         return cache[name]
@@ -173,7 +195,9 @@ def test_lstm_teacher_forced_call(fitted):
     persistence = float(jnp.mean((xs[:-1] - xs[1:]) ** 2))
     assert err < 0.2 * persistence, (err, persistence)
     # the first forecast step is the teacher-forced prediction after reading the context
-    np.testing.assert_allclose(lstm.forecast(xs[:N_CONTEXT], 3)[0], pred[N_CONTEXT - 1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        lstm.forecast(xs[:N_CONTEXT], 3)[0], pred[N_CONTEXT - 1], rtol=1e-10, atol=1e-12
+    )
 
 
 # ------------------------------------------------------------------ structure
@@ -184,14 +208,19 @@ def test_oscillator_model_recovers_the_truth(kind, fitted):
     model, _, ds = fitted(f"Oscillator-{kind}")
     omega = np.asarray(model.frequencies())
     kappa = np.asarray(model.coupling())
-    print(f"{kind}: omega {omega}, coupling {kappa[np.triu_indices(3, 1)]}, damping {np.asarray(model.damping())}")
+    print(
+        f"{kind}: omega {omega}, coupling {kappa[np.triu_indices(3, 1)]}, "
+        f"damping {np.asarray(model.damping())}"
+    )
     np.testing.assert_allclose(omega, OMEGA, rtol=0.01)
     nonzero = KAPPA > 0
     np.testing.assert_allclose(kappa[nonzero], KAPPA[nonzero], rtol=0.05)
     assert np.all(np.abs(kappa[~nonzero]) < 0.01 * KAPPA.max()), kappa
     assert np.all(np.asarray(model.damping()) < 1e-2)
     # from t = 0.4 to t = 10 (twice the training window), on held-out initial states
-    pred = _batched_forecast(model, jnp.asarray(ds.test[:, :N_CONTEXT]), ds.test.shape[1] - N_CONTEXT)
+    pred = _batched_forecast(
+        model, jnp.asarray(ds.test[:, :N_CONTEXT]), ds.test.shape[1] - N_CONTEXT
+    )
     err = float(jnp.max(jnp.abs(pred - ds.test[:, N_CONTEXT:])))
     print(f"{kind}: max forecast error to t = 10: {err:.2e}")
     assert err < 0.01 * float(np.abs(ds.test).max()), err
@@ -225,7 +254,9 @@ def test_hnn_forecast_conserves_its_learned_energy(fitted):
     node_fc = _batched_forecast(node, jnp.asarray(ds.test[:, :N_CONTEXT]), n_steps)
     for label, fc in (("HNN", forecasts), ("NeuralODE", node_fc)):
         e = system.energy(fc)
-        print(f"{label}: true-energy relative drift {float(jnp.max(jnp.abs(e / e[:, :1] - 1))):.2e}")
+        print(
+            f"{label}: true-energy relative drift {float(jnp.max(jnp.abs(e / e[:, :1] - 1))):.2e}"
+        )
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -244,7 +275,8 @@ def test_lnn_finite_where_the_hessian_is_singular(how):
     lnn = m.LNN(DIM, width=8, depth=1, objective="derivative", rngs=nnx.Rngs(0))
     lnn.dt = DT
     graphdef, params, rest = nnx.split(lnn, nnx.Param, ...)
-    if how == "zero network":  # L constant: the Hessian in qdot is exactly zero, all eigenvalues equal
+    if how == "zero network":
+        # L constant: the Hessian in qdot is exactly zero, all eigenvalues equal
         params = jax.tree.map(jnp.zeros_like, params)
     else:  # the first layer barely sees qdot: Hessian ~ 1e-12
         kernel = params["net"]["hidden"][0]["kernel"]
@@ -282,9 +314,15 @@ def kuramoto_data():
     rng = np.random.default_rng(0)
     ts = DT * np.arange(11)
     return d.Dataset(
-        system=system, ts=ts, t_train=1.0, dt=DT, train=rng.normal(size=(4, 11, 4)),
-        val=rng.normal(size=(2, 11, 4)), test=rng.normal(size=(2, 11, 4)),
-        test_ood=rng.normal(size=(2, 11, 4)), metadata={},
+        system=system,
+        ts=ts,
+        t_train=1.0,
+        dt=DT,
+        train=rng.normal(size=(4, 11, 4)),
+        val=rng.normal(size=(2, 11, 4)),
+        test=rng.normal(size=(2, 11, 4)),
+        test_ood=rng.normal(size=(2, 11, 4)),
+        metadata={},
     )
 
 
@@ -301,8 +339,16 @@ def test_black_boxes_accept_first_order_systems(kuramoto_data):
     from models.train import _validate
 
     for name in ("LSTM", "NeuralODE"):
-        _validate(ALL[name](4), kuramoto_data, steps=10, batch_size=4, lr=1e-3, eval_every=5, patience=None,
-                  precision="float64")
+        _validate(
+            ALL[name](4),
+            kuramoto_data,
+            steps=10,
+            batch_size=4,
+            lr=1e-3,
+            eval_every=5,
+            patience=None,
+            precision="float64",
+        )
 
 
 @pytest.mark.parametrize("name", CANONICAL)
@@ -312,9 +358,7 @@ def test_odd_state_dim_is_refused(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize(
-    "state_dim", [0, -2, pytest.param(2.0, marks=pytest.mark.ill_typed)]
-)
+@pytest.mark.parametrize("state_dim", [0, -2, pytest.param(2.0, marks=pytest.mark.ill_typed)])
 def test_bad_state_dim_is_refused(name, state_dim):
     with pytest.raises(ValueError, match="state_dim"):
         ALL[name](state_dim)
@@ -375,15 +419,25 @@ def test_fit_refuses_non_finite_data(datasets):
     train = ds.train.copy()
     train[0, 3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
-        m.fit(m.NeuralODE(DIM, width=8, rngs=nnx.Rngs(0)), dataclasses.replace(ds, train=train), steps=10,
-              key=jax.random.key(0), progress=False)
+        m.fit(
+            m.NeuralODE(DIM, width=8, rngs=nnx.Rngs(0)),
+            dataclasses.replace(ds, train=train),
+            steps=10,
+            key=jax.random.key(0),
+            progress=False,
+        )
 
 
 @pytest.mark.ill_typed  # an nnx.Linear for the model
 def test_fit_refuses_something_else_than_a_model(datasets):
     with pytest.raises(ValueError, match="model must be"):
-        m.fit(nnx.Linear(6, 6, rngs=nnx.Rngs(0)), datasets("chain"), steps=10, key=jax.random.key(0),
-              progress=False)
+        m.fit(
+            nnx.Linear(6, 6, rngs=nnx.Rngs(0)),
+            datasets("chain"),
+            steps=10,
+            key=jax.random.key(0),
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import SUBPROCESS_TIMEOUT
 
 from experiments.multihost import my_jobs
@@ -22,7 +21,9 @@ def test_jobs_are_split_disjoint_and_complete():
     everything = my_jobs(preset, 0, 1)
     shares = [my_jobs(preset, i, 3) for i in range(3)]
     assert sorted(map(repr, sum(shares, []))) == sorted(map(repr, everything))
-    assert len(everything) == len(preset.systems) * len(preset.models) * len(preset.seeds) * len(preset.n_train)
+    assert len(everything) == len(preset.systems) * len(preset.models) * len(preset.seeds) * len(
+        preset.n_train
+    )
     with pytest.raises(ValueError, match="process index"):
         my_jobs(preset, 3, 3)
 
@@ -38,9 +39,27 @@ def _two_processes(tmp_path, port):
     env.pop("XLA_FLAGS", None)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "experiments.multihost", "--preset", "tiny", "--out", str(tmp_path / "out"),
-             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "experiments.multihost",
+                "--preset",
+                "tiny",
+                "--out",
+                str(tmp_path / "out"),
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=SUBPROCESS_TIMEOUT)[0] for p in procs]

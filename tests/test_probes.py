@@ -1,5 +1,6 @@
 """Tests of models.probes: probes, dissection, hidden-state PCA and LSTM fixed points."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,11 +10,8 @@ import scipy.optimize
 from flax import nnx
 
 import dynamics
-import equinox as eqx
-from models import LSTM
-from models import probes as P
+from models import LSTM, probes as P
 from models.probes._ridge import _ridge_predict_all  # unit test of the solver itself
-
 
 # --------------------------------------------------------------------------- probes
 
@@ -79,7 +77,9 @@ def test_probe_with_control_and_report(getkey):
     c = P.probe_with_control(hidden, target, control_hidden=control, key=key)
     assert c.r2_mean > 0.9 and c.control_r2_mean < 0.1 and c.selectivity > 0.8
     np.testing.assert_array_equal(c.probe.folds, c.control.folds)  # paired folds
-    rows = P.probe_report(hidden, {"a": target[:, 0], "ab": target}, control_hidden=control, key=key)
+    rows = P.probe_report(
+        hidden, {"a": target[:, 0], "ab": target}, control_hidden=control, key=key
+    )
     assert [r["quantity"] for r in rows] == ["a", "ab"]
     assert rows[1]["n_components"] == 2
     assert rows[1]["r2"] == pytest.approx(c.r2_mean)
@@ -133,7 +133,9 @@ def test_physical_targets_harmonic_chain():
         np.testing.assert_array_equal(t[f"q_{i + 1}"], y[:, i])
         np.testing.assert_array_equal(t[f"p_{i + 1}"], y[:, 3 + i])
         phi = np.arctan2(-y[:, 3 + i] / float(omega[i]), y[:, i])
-        np.testing.assert_allclose(t[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12)
+        np.testing.assert_allclose(
+            t[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12
+        )
     assert "angle_1" not in t
     # a free oscillator's phase advances as omega t
     single = dynamics.HarmonicChain(jnp.array([2.0]), jnp.zeros((1, 1)))
@@ -156,7 +158,9 @@ def test_physical_targets_other_systems():
     assert {"energy", "q_1", "p_2", "angle_1", "beam_x", "beam_v"} <= set(t)
     d = t["phase_2"], t["phase_1"]
     diff = np.arctan2(d[0][:, 1], d[0][:, 0]) - np.arctan2(d[1][:, 1], d[1][:, 0])
-    np.testing.assert_allclose(np.cos(diff), np.cos(np.asarray(hc.phase_difference(jnp.asarray(y)))), atol=1e-12)
+    np.testing.assert_allclose(
+        np.cos(diff), np.cos(np.asarray(hc.phase_difference(jnp.asarray(y)))), atol=1e-12
+    )
 
 
 class _ChainWithDrift(dynamics.AbstractSystem):
@@ -211,17 +215,25 @@ def test_physical_targets_follow_a_declared_user_layout():
     sys = _ChainWithDrift()
     y = np.random.default_rng(3).uniform(-1, 1, (40, 7))
     t = P.physical_targets(sys, y)
-    assert set(t) == {"energy", "drift"} | {f"{k}_{i}" for k in ("phase", "q", "p") for i in (1, 2, 3)}
+    assert set(t) == {"energy", "drift"} | {
+        f"{k}_{i}" for k in ("phase", "q", "p") for i in (1, 2, 3)
+    }
     np.testing.assert_array_equal(t["drift"], y[:, 3])  # the extras entry, by its name
     np.testing.assert_allclose(t["energy"], np.asarray(sys.energy(jnp.asarray(y))), rtol=1e-12)
     for i in range(3):
         np.testing.assert_array_equal(t[f"q_{i + 1}"], y[:, i])
-        np.testing.assert_array_equal(t[f"p_{i + 1}"], y[:, 4 + i])  # after the drift, not y[:, 3 + i]
-        phi = np.arctan2(-y[:, 4 + i] / (2.0 * float(sys.omega[i])), y[:, i])  # natural_frequencies()
-        np.testing.assert_allclose(t[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12)
+        # after the drift, not y[:, 3 + i]
+        np.testing.assert_array_equal(t[f"p_{i + 1}"], y[:, 4 + i])
+        # natural_frequencies()
+        phi = np.arctan2(-y[:, 4 + i] / (2.0 * float(sys.omega[i])), y[:, i])
+        np.testing.assert_allclose(
+            t[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12
+        )
     c = P.physical_concepts(sys, y)
     phi = np.arctan2(-y[:, 4:] / (2.0 * np.asarray(sys.omega)), y[:, :3])
-    np.testing.assert_array_equal(c["in_step"], np.abs(np.angle(np.exp(1j * (phi[:, 0] - phi[:, 1])))) < np.pi / 8)
+    np.testing.assert_array_equal(
+        c["in_step"], np.abs(np.angle(np.exp(1j * (phi[:, 0] - phi[:, 1])))) < np.pi / 8
+    )
 
 
 def test_an_undeclared_non_plain_layout_raises_instead_of_guessing():
@@ -234,7 +246,8 @@ def test_an_undeclared_non_plain_layout_raises_instead_of_guessing():
 
 
 def test_huygens_targets_come_from_the_declared_layout(monkeypatch):
-    """The beam enters through `split_state`'s extras, the phases through `natural_frequencies()`."""
+    """The beam enters through `split_state`'s extras, the phases through
+    `natural_frequencies()`."""
     hc = dynamics.HuygensClocks(jnp.array([1.0, 1.2]))
     y = np.random.default_rng(1).uniform(-0.3, 0.3, (30, 6))  # (theta_1, theta_2, x, w_1, w_2, v)
     t = P.physical_targets(hc, y)
@@ -242,14 +255,19 @@ def test_huygens_targets_come_from_the_declared_layout(monkeypatch):
     np.testing.assert_array_equal(t["beam_v"], y[:, 5])
     np.testing.assert_array_equal(t["p_2"], y[:, 4])
     # another declared frequency moves the phases: they are read from natural_frequencies()
-    monkeypatch.setattr(dynamics.HuygensClocks, "natural_frequencies", lambda self: jnp.array([0.5, 3.0]))
+    monkeypatch.setattr(
+        dynamics.HuygensClocks, "natural_frequencies", lambda self: jnp.array([0.5, 3.0])
+    )
     t2 = P.physical_targets(hc, y)
     for i, w in enumerate((0.5, 3.0)):
         phi = np.arctan2(-y[:, 3 + i] / w, y[:, i])
-        np.testing.assert_allclose(t2[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12)
+        np.testing.assert_allclose(
+            t2[f"phase_{i + 1}"], np.stack([np.cos(phi), np.sin(phi)], -1), rtol=1e-12
+        )
     # ... and extras are taken generically: a renamed beam is a renamed target
     monkeypatch.setattr(
-        dynamics.HuygensClocks, "split_state",
+        dynamics.HuygensClocks,
+        "split_state",
         lambda self, y: (y[..., :2], y[..., 3:5], {"cart": y[..., 2], "cart_speed": y[..., 5]}),
     )
     t3 = P.physical_targets(hc, y)
@@ -311,10 +329,16 @@ def test_dissection_validation():
 
 def test_pca_fit():
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((200, 3)) @ np.diag([3.0, 1.0, 0.1]) @ scipy.linalg.qr(rng.standard_normal((3, 3)))[0]
+    x = (
+        rng.standard_normal((200, 3))
+        @ np.diag([3.0, 1.0, 0.1])
+        @ scipy.linalg.qr(rng.standard_normal((3, 3)))[0]
+    )
     pca = P.pca_fit(x, n_components=2)
     np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(2), atol=1e-12)
-    np.testing.assert_allclose(pca.explained_variance, np.var(P.pca_transform(pca, x), axis=0, ddof=1))
+    np.testing.assert_allclose(
+        pca.explained_variance, np.var(P.pca_transform(pca, x), axis=0, ddof=1)
+    )
     assert pca.explained_variance_ratio.sum() > 0.99
 
 
@@ -325,7 +349,9 @@ def test_manifold_departure(unchecked):
     on, off = basis[:, :k], basis[:, k:]
 
     def states(n, off_scale, shift=0.0):
-        return (rng.standard_normal((n, k)) + shift) @ on.T + off_scale * rng.standard_normal((n, h - k)) @ off.T
+        return (rng.standard_normal((n, k)) + shift) @ on.T + off_scale * rng.standard_normal(
+            (n, h - k)
+        ) @ off.T
 
     inside = states(1000, 0.01)
     same = P.manifold_departure(inside, states(500, 0.01), n_components=k, key=0)
@@ -366,8 +392,11 @@ def test_lstm_fixed_points_are_fixed_and_spectra_match_finite_differences(tiny_l
         assert np.linalg.norm(np.asarray(amap.step(x)) - x) < 1e-6 and r < 1e-6
         eps = 1e-6
         fd = np.stack(
-            [(np.asarray(amap.step(x + eps * e)) - np.asarray(amap.step(x - eps * e))) / (2 * eps)
-             for e in np.eye(amap.dim)],
+            [
+                (np.asarray(amap.step(x + eps * e)) - np.asarray(amap.step(x - eps * e)))
+                / (2 * eps)
+                for e in np.eye(amap.dim)
+            ],
             axis=1,
         )
         lam_fd = np.linalg.eigvals(fd)

@@ -37,7 +37,9 @@ def test_spring_matches_closed_form(spring):
     np.testing.assert_allclose(spring["clean"], np.stack([q, p], -1), atol=1e-8)
 
 
-@pytest.mark.parametrize("task, n_t, radius", [("mass_spring", 30, (0.1, 1.0)), ("pendulum", 45, (1.3, 2.3))])
+@pytest.mark.parametrize(
+    "task, n_t, radius", [("mass_spring", 30, (0.1, 1.0)), ("pendulum", 45, (1.3, 2.3))]
+)
 def test_data_follow_the_hnn_code(task, n_t, radius, spring, pendulum):
     d = spring if task == "mass_spring" else pendulum
     assert d["clean"].shape == (50, n_t, 2)
@@ -84,15 +86,28 @@ def test_unknown_preset_is_refused_before_any_work(tmp_path, capsys):
 def test_tiny_run_end_to_end_and_resume(tmp_path):
     # a separate process: the command line as a user runs it, float32 and one CPU device
     env = dict(os.environ, XLA_FLAGS="")
-    cmd = [sys.executable, "-m", "experiments.reproduce", "--preset", "tiny", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.reproduce",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (tmp_path / "reproduce.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert set(R.COLUMNS) <= set(rows[0])
     assert {(r["task"], r["model"]) for r in rows} == {
-        ("mass_spring", "baseline"), ("mass_spring", "HNN"), ("pendulum", "baseline"), ("pendulum", "HNN"),
-        ("double_pendulum", "baseline"), ("double_pendulum", "LNN")}
+        ("mass_spring", "baseline"),
+        ("mass_spring", "HNN"),
+        ("pendulum", "baseline"),
+        ("pendulum", "HNN"),
+        ("double_pendulum", "baseline"),
+        ("double_pendulum", "LNN"),
+    }
     by = {(r["task"], r["model"]): r for r in rows}
     for (task, model), r in by.items():
         if task != "double_pendulum":  # the tiny LNN is untrained; its rollouts may blow up
@@ -121,7 +136,8 @@ def test_tiny_run_end_to_end_and_resume(tmp_path):
 
 # ------------------------------------------------------------------ the command line
 def _changed_flag(name, value):
-    """A command-line flag that sets field `name` to something other than `value`, and that value."""
+    """A command-line flag that sets field `name` to something other than `value`, and that
+    value."""
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
         return ([f"--no-{flag[2:]}"] if value else [flag]), not value
@@ -138,11 +154,17 @@ def test_preset_picks_the_defaults_of_every_flag():
         cmd = R.parse(["--preset", name])
         assert cmd.budgets == R.PRESETS[name] and cmd.preset == name
     assert R.parse(["--preset=tiny"]).budgets == R.PRESETS["tiny"]
-    cmd = R.parse(["--hnn-steps", "7", "--preset", "tiny", "--no-time-rescale", "--lnn-seeds", "3", "4"])
-    assert cmd.budgets == dataclasses.replace(R.PRESETS["tiny"], hnn_steps=7, time_rescale=False, lnn_seeds=(3, 4))
+    cmd = R.parse(
+        ["--hnn-steps", "7", "--preset", "tiny", "--no-time-rescale", "--lnn-seeds", "3", "4"]
+    )
+    assert cmd.budgets == dataclasses.replace(
+        R.PRESETS["tiny"], hnn_steps=7, time_rescale=False, lnn_seeds=(3, 4)
+    )
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(R.Preset) if f.name != "name"])
+@pytest.mark.parametrize(
+    "field", [f.name for f in dataclasses.fields(R.Preset) if f.name != "name"]
+)
 def test_every_preset_field_is_a_flag_recorded_in_its_tasks_hash(field):
     tiny = R.PRESETS["tiny"]
     argv, value = _changed_flag(field, getattr(tiny, field))
@@ -170,11 +192,17 @@ def test_reproduce_imports_no_private_names_of_other_packages():
     for path in sorted(pkg.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
-                assert not any(p.startswith("_") for p in node.module.split(".")), (path.name, node.module)
+                assert not any(p.startswith("_") for p in node.module.split(".")), (
+                    path.name,
+                    node.module,
+                )
                 assert not any(a.name.startswith("_") for a in node.names), (path.name, node.module)
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    assert not any(p.startswith("_") for p in a.name.split(".")), (path.name, a.name)
+                    assert not any(p.startswith("_") for p in a.name.split(".")), (
+                        path.name,
+                        a.name,
+                    )
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
                 if node.value.id in ("models", "dynamics"):
                     assert not node.attr.startswith("_"), (path.name, node.attr)
@@ -201,7 +229,11 @@ def test_hnn_tasks_train_through_models_fit(fit_calls):
     assert [c["model"] for c in fit_calls] == ["NeuralODE", "HNN"]
     data = R.hnn_dataset("mass_spring", 0)
     for c in fit_calls:
-        assert c["optimizer"] is R.hnn_optimizer() and c["loss"] is R.derivative_mse and c["steps"] == 3
+        assert (
+            c["optimizer"] is R.hnn_optimizer()
+            and c["loss"] is R.derivative_mse
+            and c["steps"] == 3
+        )
         x, dx = c["dataset"]  # the full batch of derivative targets
         np.testing.assert_allclose(x, data["x"], rtol=1e-6)
         np.testing.assert_allclose(dx, data["dx"], rtol=1e-6)
@@ -209,7 +241,9 @@ def test_hnn_tasks_train_through_models_fit(fit_calls):
         assert np.isfinite(res[label]["test_loss"]) and np.isfinite(res[label]["final_train_loss"])
 
 
-def test_double_pendulum_trains_through_models_fit_and_divergence_is_training_diverged(fit_calls, monkeypatch):
+def test_double_pendulum_trains_through_models_fit_and_divergence_is_training_diverged(
+    fit_calls, monkeypatch
+):
     import models
 
     preset = dataclasses.replace(R.PRESETS["tiny"], lnn_steps=3, lnn_rollouts=1, lnn_t_end=0.2)

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.integrate import solve_ivp
 from helpers import BATCH, N_TIMES, SYSTEMS, TIGHT, random_system, solve
+from scipy.integrate import solve_ivp
 
 import dynamics as d
 from dynamics import _simulate
@@ -20,7 +20,8 @@ from dynamics import _simulate
 # ---------------------------------------------------------- against SciPy
 @pytest.mark.parametrize("name", SYSTEMS)
 def test_matches_scipy_dop853(name, getkey):
-    """Every system, random parameters: simulate agrees with solve_ivp(DOP853) at rtol=atol=1e-12."""
+    """Every system, random parameters: simulate agrees with solve_ivp(DOP853) at
+    rtol=atol=1e-12."""
     system = random_system(name)
     y0 = system.sample_initial_states(getkey(), BATCH)
     if system.second_order:  # start with some motion everywhere (Huygens samples start at rest)
@@ -33,8 +34,13 @@ def test_matches_scipy_dop853(name, getkey):
 
     for i in range(3):
         ref = solve_ivp(
-            f, (0.0, float(ts[-1])), np.asarray(y0[i]), method="DOP853", t_eval=np.asarray(ts),
-            rtol=1e-12, atol=1e-12,
+            f,
+            (0.0, float(ts[-1])),
+            np.asarray(y0[i]),
+            method="DOP853",
+            t_eval=np.asarray(ts),
+            rtol=1e-12,
+            atol=1e-12,
         )
         assert ref.success, ref.message
         scale = max(1.0, float(np.abs(ref.y).max()))
@@ -94,7 +100,8 @@ def test_failed_solve_raises_simulation_error():
 
 @pytest.mark.slow
 def test_failed_solve_under_jit_is_non_finite():
-    """Under a transformation no error can be raised; the failed trajectory is non-finite instead."""
+    """Under a transformation no error can be raised; the failed trajectory is non-finite
+    instead."""
     ts = jnp.linspace(0.0, 5.0, 11)
     y0 = jnp.array([[1.0, 1.0], [0.1, 0.0], [1.0, 1.0]])
     ys = jax.jit(lambda y: d.simulate(_BLOW_UP, y, ts, max_steps=1000))(y0)

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ROOT, SUBPROCESS_TIMEOUT, ClocksOnAShelf, study_command, subprocess_env
+from helpers import ROOT, SUBPROCESS_TIMEOUT, study_command, subprocess_env
 
 import dynamics
 import models
@@ -38,9 +38,14 @@ def _tiny(**changes) -> Preset:
 # --------------------------------------------------------------------------- configuration
 def test_bad_preset_fails_before_any_work(tmp_path):
     out = tmp_path / "bad"
-    p = subprocess.run(study_command("study", "--preset", "nope", "--out", str(out)), cwd=ROOT,
-                       capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
-                       env=subprocess_env(tmp_path / "c"))
+    p = subprocess.run(
+        study_command("study", "--preset", "nope", "--out", str(out)),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env=subprocess_env(tmp_path / "c"),
+    )
     assert p.returncode != 0
     assert "unknown preset 'nope'" in p.stderr
     assert not out.exists()
@@ -80,7 +85,9 @@ def test_labels_are_unique_per_system_and_k_counts_oscillators_not_the_beam():
         assert len(labels) == len(set(labels)), (spec.name, labels)
         if spec.name in ("HuygensClocks", "DoublePendulum"):
             assert "OscillatorModel(k=2)" in labels and "OscillatorModel(k=3)" not in labels
-            reasons = [m.applicable(system, spec) for m in full.models if isinstance(m, OscillatorSpec)]
+            reasons = [
+                m.applicable(system, spec) for m in full.models if isinstance(m, OscillatorSpec)
+            ]
             assert reasons[0] is None and "not fewer than" in reasons[1]
     clocks = dynamics.HuygensClocks(omega=[1.0, 1.01])
     built = OSCILLATORS_N.build(clocks, full.systems[3], full, rngs=__import__("flax").nnx.Rngs(0))
@@ -97,8 +104,24 @@ def test_every_preset_field_is_a_flag_and_overrides_are_recorded(capsys):
 
         progress: bool = True
 
-    args, preset, overrides = cli(Args, ["--preset", "tiny", "--steps", "7", "--seeds", "0", "1",
-                                         "--n-train", "1", "3", "--lr", "0.01", "--no-progress"])
+    args, preset, overrides = cli(
+        Args,
+        [
+            "--preset",
+            "tiny",
+            "--steps",
+            "7",
+            "--seeds",
+            "0",
+            "1",
+            "--n-train",
+            "1",
+            "3",
+            "--lr",
+            "0.01",
+            "--no-progress",
+        ],
+    )
     assert (preset.steps, preset.seeds, preset.n_train, preset.lr) == (7, (0, 1), (1, 3), 0.01)
     assert preset.systems == PRESETS["tiny"].systems and preset.name == "tiny"
     assert overrides == {"steps": 7, "seeds": (0, 1), "n_train": (1, 3), "lr": 0.01}
@@ -112,13 +135,21 @@ def test_every_preset_field_is_a_flag_and_overrides_are_recorded(capsys):
 
 
 def test_help_lists_presets_and_fields_with_their_defaults(tmp_path):
-    p = subprocess.run(study_command("study", "--preset", "tiny", "--help"), cwd=ROOT, capture_output=True,
-                       text=True, timeout=SUBPROCESS_TIMEOUT, env=subprocess_env(tmp_path / "c"))
+    p = subprocess.run(
+        study_command("study", "--preset", "tiny", "--help"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env=subprocess_env(tmp_path / "c"),
+    )
     assert p.returncode == 0, p.stderr
     text = " ".join(p.stdout.split())
     for name in ("tiny", "quick", "full"):
         assert name in text
-    fields = [f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "systems", "models")]
+    fields = [
+        f.name for f in dataclasses.fields(Preset) if f.name not in ("name", "systems", "models")
+    ]
     for f in fields:
         assert f"--{f.replace('_', '-')}" in text, f
     assert "(default: 60)" in text  # tiny's steps
@@ -129,12 +160,16 @@ def test_rerun_reuses_only_an_unchanged_configuration(tmp_path, capsys):
     out = Output(tmp_path)
     preset = _tiny(models=(OSCILLATORS_N,), steps=20, eval_every=10)
     (row,) = extrapolation.run(preset, out, progress=False)
-    key, _ = RunKey.of(preset.systems[0], preset.systems[0].build(), OSCILLATORS_N, preset, seed=0, n_train=8)
+    key, _ = RunKey.of(
+        preset.systems[0], preset.systems[0].build(), OSCILLATORS_N, preset, seed=0, n_train=8
+    )
     result = out.run_file(key, "result.json")
     data = out.data(preset.systems[0].name, seed=0, n_train=8)
     stamps = result.stat().st_mtime_ns, data.stat().st_mtime_ns
     again = extrapolation.run(preset, out, progress=False)
-    assert (result.stat().st_mtime_ns, data.stat().st_mtime_ns) == stamps, "an unchanged run was recomputed"
+    assert (result.stat().st_mtime_ns, data.stat().st_mtime_ns) == stamps, (
+        "an unchanged run was recomputed"
+    )
     assert json.dumps(again, sort_keys=True) == json.dumps([row], sort_keys=True)
 
     changed = dataclasses.replace(preset, steps=30)
@@ -158,8 +193,9 @@ def test_a_stale_checkpoint_of_another_configuration_is_not_resumed(tmp_path, ca
     out = Output(tmp_path)
     preset = _tiny(models=(OSCILLATORS_N,), steps=20, eval_every=10)
     spec = preset.systems[0]
-    key, _ = RunKey.of(spec, spec.build(), OSCILLATORS_N, dataclasses.replace(preset, steps=40),
-                       seed=0, n_train=8)
+    key, _ = RunKey.of(
+        spec, spec.build(), OSCILLATORS_N, dataclasses.replace(preset, steps=40), seed=0, n_train=8
+    )
     # an interrupted run of steps=40 left its config and a checkpoint behind
     (out.run_file(key, "checkpoint") / "junk").mkdir(parents=True)
     out.run_file(key, "config.json").write_text(json.dumps({"config_hash": key.config_hash}))
@@ -172,7 +208,8 @@ def test_a_stale_checkpoint_of_another_configuration_is_not_resumed(tmp_path, ca
 def test_a_users_own_system_model_and_preset_run_through_the_study(tmp_path, monkeypatch):
     """A system subclass with a non-plain layout, defined outside the package, and a preset in
     the user's own module, loaded with `--preset module:NAME`."""
-    (tmp_path / "my_study.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_study.py").write_text(
+        textwrap.dedent("""
         import functools
         import models
         from experiments.presets import Preset, LSTM
@@ -182,43 +219,61 @@ def test_a_users_own_system_model_and_preset_run_through_the_study(tmp_path, mon
         SHELF = SystemSpec("ShelfClocks", functools.partial(ClocksOnAShelf, omega=[1.0, 1.2, 0.9]),
                            oscillator_kind="harmonic")
         MINE = Preset(name="mine", systems=(SHELF,),
-                      models=(ModelSpec(models.NeuralODE, kwargs={"width": 8, "depth": 1}, label="MyODE"),
+                      models=(ModelSpec(models.NeuralODE, kwargs={"width": 8, "depth": 1},
+                                        label="MyODE"),
                               OscillatorSpec(k=2)),
                       seeds=(0,), n_train=(4,), n_val=2, n_test=3, t_train=2.0, t_end=4.0, dt=0.1,
                       context=5, steps=20, eval_every=10, batch_size=4, window=5)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     preset = get_preset("my_study:MINE")
     out = Output(tmp_path / "out")
     rows = extrapolation.run(preset, out, progress=False)
-    assert [(r["model"], r["status"]) for r in rows] == [("MyODE", "ok"), ("OscillatorModel(k=2)", "n/a")]
+    assert [(r["model"], r["status"]) for r in rows] == [
+        ("MyODE", "ok"),
+        ("OscillatorModel(k=2)", "n/a"),
+    ]
     assert np.isfinite(rows[0]["interp_nmse"]) and "odd state of 7" in rows[1]["reason"]
     # its dataset reloads with the user's class (module:qualname in the metadata)
     ds = dynamics.Dataset.load(out.data("ShelfClocks", seed=0, n_train=4))
     assert type(ds.system).__name__ == "ClocksOnAShelf" and ds.state_dim == 7
     # attribution and probes read the declared layout: the shelf belongs to no oscillator
-    rows = attribution.run(dataclasses.replace(preset, attr_traj=1, attr_horizons=3, ig_steps=2), out,
-                           progress=False)
+    rows = attribution.run(
+        dataclasses.replace(preset, attr_traj=1, attr_horizons=3, ig_steps=2), out, progress=False
+    )
     assert {r["method"] for r in rows} >= {"saliency", "true_jacobian"}
     assert all(r.get("reason", "") in ("", None) for r in rows)
-    inside = [float(r["coupling_auroc"]) for r in rows if r["method"] == "true_jacobian" and r["split"] == "inside"]
+    inside = [
+        float(r["coupling_auroc"])
+        for r in rows
+        if r["method"] == "true_jacobian" and r["split"] == "inside"
+    ]
     assert inside and np.isfinite(inside[0])
 
 
 def test_attribution_on_an_empty_directory_trains_what_it_needs_or_fails_loudly(tmp_path):
     out = tmp_path / "fresh"
-    p = subprocess.run(study_command("attribution", "--preset", "tiny", "--out", str(out), "--steps", "20",
-                                     "--no-progress"),
-                       cwd=ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
-                       env=subprocess_env(tmp_path / "c"))
+    p = subprocess.run(
+        study_command(
+            "attribution", "--preset", "tiny", "--out", str(out), "--steps", "20", "--no-progress"
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        env=subprocess_env(tmp_path / "c"),
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     with open(out / "attribution.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == {"OscillatorModel(k=3)", "LSTM"}
     assert (out / "figures" / "coupling_recovery.png").exists()
     # nothing applicable: a named error, no table
-    kuramoto = SystemSpec("Kuramoto", functools.partial(dynamics.Kuramoto, omega=[0.1, 0.2],
-                                                        coupling=[[0.0, 0.1], [0.1, 0.0]]))
+    kuramoto = SystemSpec(
+        "Kuramoto",
+        functools.partial(dynamics.Kuramoto, omega=[0.1, 0.2], coupling=[[0.0, 0.1], [0.1, 0.0]]),
+    )
     none = _tiny(systems=(kuramoto,), models=(ModelSpec(models.HNN),))
     with pytest.raises(attribution.NothingToAttribute, match="n/a or failed"):
         attribution.run(none, Output(tmp_path / "none"), progress=False)
@@ -230,17 +285,38 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
     # 300 steps in chunks of 20: a long window in which the LSTM is killed mid-training, however
     # loaded the machine (the poll below may sleep for seconds)
-    cmd = functools.partial(study_command, "extrapolation", "--preset", "tiny", "--steps", "300",
-                            "--eval-every", "20", "--no-progress", "--out")
-    subprocess.run(cmd(str(ref)), cwd=ROOT, env=subprocess_env(cache), check=True, capture_output=True,
-                   timeout=SUBPROCESS_TIMEOUT)
+    cmd = functools.partial(
+        study_command,
+        "extrapolation",
+        "--preset",
+        "tiny",
+        "--steps",
+        "300",
+        "--eval-every",
+        "20",
+        "--no-progress",
+        "--out",
+    )
+    subprocess.run(
+        cmd(str(ref)),
+        cwd=ROOT,
+        env=subprocess_env(cache),
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
 
     preset = _tiny(steps=300, eval_every=20)
     spec, system = preset.systems[0], preset.systems[0].build()
     first_key, _ = RunKey.of(spec, system, preset.models[0], preset, seed=0, n_train=8)
     lstm_key, _ = RunKey.of(spec, system, preset.models[1], preset, seed=0, n_train=8)
-    proc = subprocess.Popen(cmd(str(out)), cwd=ROOT, env=subprocess_env(cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd(str(out)),
+        cwd=ROOT,
+        env=subprocess_env(cache),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     # wait until the first run is finished and the second one has saved a checkpoint mid-training
     lstm_ckpt = Output(out).run_file(lstm_key, "checkpoint") / "state"
     deadline = time.time() + SUBPROCESS_TIMEOUT
@@ -256,8 +332,14 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     assert first.exists()
     stamp = first.stat().st_mtime_ns
 
-    subprocess.run(cmd(str(out)), cwd=ROOT, env=subprocess_env(cache), check=True, capture_output=True,
-                   timeout=SUBPROCESS_TIMEOUT)
+    subprocess.run(
+        cmd(str(out)),
+        cwd=ROOT,
+        env=subprocess_env(cache),
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
     assert first.stat().st_mtime_ns == stamp, "a finished run was recomputed"
     a, b = _metrics(ref), _metrics(out)
     assert [r["model"] for r in a] == [r["model"] for r in b]
@@ -287,14 +369,27 @@ def test_whole_study_writes_attribution_and_probes_under_out(tmp_path):
     `figures/` changes."""
     readme_figures = {p: p.stat().st_mtime_ns for p in (ROOT / "figures").rglob("*.png")}
     out = tmp_path / "out"
-    subprocess.run(study_command("study", "--preset", "tiny", "--out", str(out), "--no-progress"),
-                   cwd=ROOT, env=subprocess_env(tmp_path / "cache"), check=True, capture_output=True,
-                   timeout=SUBPROCESS_TIMEOUT)
+    subprocess.run(
+        study_command("study", "--preset", "tiny", "--out", str(out), "--no-progress"),
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "cache"),
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "figures").rglob("*.png")} == readme_figures
     figs = out / "figures"
     with open(out / "attribution.csv") as f:
         attr = list(csv.DictReader(f))
-    for col in ("system", "model", "n_train", "method", "split", "coupling_auroc", "jacobian_spearman"):
+    for col in (
+        "system",
+        "model",
+        "n_train",
+        "method",
+        "split",
+        "coupling_auroc",
+        "jacobian_spearman",
+    ):
         assert col in attr[0]
     assert {r["split"] for r in attr} == {"inside", "beyond"}
     # every model is scored with every method, beside the simulator's own ceiling; the structured
@@ -309,13 +404,23 @@ def test_whole_study_writes_attribution_and_probes_under_out(tmp_path):
         probes = list(csv.DictReader(f))
     assert {"model", "quantity", "r2", "control_r2"} <= set(probes[0])
     assert any(r["quantity"] == "energy" for r in probes)
-    for name in ("motivating_CoupledPendulums.png", "coupling_recovery.png", "probes.png", "interp_vs_extrap.png"):
+    for name in (
+        "motivating_CoupledPendulums.png",
+        "coupling_recovery.png",
+        "probes.png",
+        "interp_vs_extrap.png",
+    ):
         assert (figs / name).stat().st_size > 1000
     # figures are redrawn from stored results alone, where --figures says
     redrawn = tmp_path / "redrawn"
-    subprocess.run(study_command("figures", "--preset", "tiny", "--out", str(out), "--figures", str(redrawn)),
-                   cwd=ROOT, env=subprocess_env(tmp_path / "cache"), check=True, capture_output=True,
-                   timeout=SUBPROCESS_TIMEOUT)
+    subprocess.run(
+        study_command("figures", "--preset", "tiny", "--out", str(out), "--figures", str(redrawn)),
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "cache"),
+        check=True,
+        capture_output=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
     assert (redrawn / "motivating_CoupledPendulums.png").exists()
 
 
@@ -325,20 +430,58 @@ def test_every_pair_of_the_full_preset_runs_end_to_end_from_the_command_line(tmp
     attribution, probes and figures come out (steps that cannot run at these sizes are
     recorded with their reason)."""
     out = tmp_path / "full"
-    flags = ["--steps", "2", "--eval-every", "1", "--seeds", "0", "--n-train", "2", "--n-val", "1",
-             "--n-test", "2", "--t-train", "1", "--t-end", "2", "--dt", "0.1", "--context", "3",
-             "--window", "3", "--width", "4", "--hidden", "4", "--batch-size", "2", "--attr-traj", "1",
-             "--attr-horizons", "2", "--ig-steps", "2"]
-    p = subprocess.run(study_command("study", "--preset", "full", "--out", str(out), "--no-progress", *flags),
-                       cwd=ROOT, env=subprocess_env(tmp_path / "cache"), capture_output=True, text=True,
-                       timeout=SUBPROCESS_TIMEOUT)
+    flags = [
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--seeds",
+        "0",
+        "--n-train",
+        "2",
+        "--n-val",
+        "1",
+        "--n-test",
+        "2",
+        "--t-train",
+        "1",
+        "--t-end",
+        "2",
+        "--dt",
+        "0.1",
+        "--context",
+        "3",
+        "--window",
+        "3",
+        "--width",
+        "4",
+        "--hidden",
+        "4",
+        "--batch-size",
+        "2",
+        "--attr-traj",
+        "1",
+        "--attr-horizons",
+        "2",
+        "--ig-steps",
+        "2",
+    ]
+    p = subprocess.run(
+        study_command("study", "--preset", "full", "--out", str(out), "--no-progress", *flags),
+        cwd=ROOT,
+        env=subprocess_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
     assert p.returncode == 0, p.stderr[-5000:]
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     full = PRESETS["full"]
     assert len(rows) == len(full.systems) * len(full.models)
-    assert {r["status"] for r in rows} <= {"ok", "n/a"}, [(r["system"], r["model"], r["reason"]) for r in rows
-                                                         if r["status"] not in ("ok", "n/a")]
+    assert {r["status"] for r in rows} <= {"ok", "n/a"}, [
+        (r["system"], r["model"], r["reason"]) for r in rows if r["status"] not in ("ok", "n/a")
+    ]
     assert all(r["reason"] for r in rows if r["status"] == "n/a")
     for system in {r["system"] for r in rows}:
         labels = [r["model"] for r in rows if r["system"] == system]
@@ -356,11 +499,26 @@ def test_the_readme_example_of_a_users_system_model_and_preset_runs(tmp_path):
     text = (ROOT / "README.md").read_text()
     start = text.index("```python\n# mystudy.py") + len("```python\n")
     namespace: dict = {}
-    exec(compile(text[start:text.index("```\n", start)], "mystudy.py", "exec"), namespace)
-    preset = dataclasses.replace(namespace["PRESET"], models=namespace["PRESET"].models[1:], n_train=(2,),
-                                 n_val=1, n_test=2, t_train=2.0, t_end=3.0, dt=0.1, context=5, steps=20,
-                                 eval_every=10, width=8, window=5)
+    exec(compile(text[start : text.index("```\n", start)], "mystudy.py", "exec"), namespace)
+    preset = dataclasses.replace(
+        namespace["PRESET"],
+        models=namespace["PRESET"].models[1:],
+        n_train=(2,),
+        n_val=1,
+        n_test=2,
+        t_train=2.0,
+        t_end=3.0,
+        dt=0.1,
+        context=5,
+        steps=20,
+        eval_every=10,
+        width=8,
+        window=5,
+    )
     rows = extrapolation.run(preset, Output(tmp_path), progress=False)
-    assert [(r["model"], r["status"]) for r in rows] == [("OscillatorModel(k=3)", "ok"), ("MyODE", "ok")]
+    assert [(r["model"], r["status"]) for r in rows] == [
+        ("OscillatorModel(k=3)", "ok"),
+        ("MyODE", "ok"),
+    ]
     system = preset.systems[0].build()
     assert system.conservative and system.natural_frequencies().shape == (3,)

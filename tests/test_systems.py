@@ -8,18 +8,23 @@ checked against textbook behaviour (the Van der Pol limit cycle, the Kuramoto
 transition, Huygens' anti-phase synchronisation).
 """
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import (  # noqa: F401
+    BATCH,
+    CONSERVATIVE,
+    N_TIMES,
+    SYSTEMS,
+    TIGHT,
+    _random_coupling,
+    random_system,
+    solve,
+)
 
 import dynamics as d
-
-from helpers import (  # noqa: F401
-    BATCH, CONSERVATIVE, N_TIMES, SYSTEMS, TIGHT, _random_coupling, random_system, solve,
-)
 
 
 # -------------------------------------------------------------- vector fields
@@ -46,7 +51,11 @@ def _loop_field(system, y):
         a[n, :n] = m * np.cos(th)
         rhs = np.empty(n + 1)
         for i in range(n):
-            rhs[i] = -om[i] ** 2 * np.sin(th[i]) - gamma * w[i] + mu * (1 - th[i] ** 2 / theta0**2) * w[i]
+            rhs[i] = (
+                -(om[i] ** 2) * np.sin(th[i])
+                - gamma * w[i]
+                + mu * (1 - th[i] ** 2 / theta0**2) * w[i]
+            )
         rhs[n] = m * sum(w[i] ** 2 * np.sin(th[i]) for i in range(n)) - bo**2 * x - bg * u
         acc = np.linalg.solve(a, rhs)
         return np.concatenate([w, [u], acc])
@@ -56,7 +65,7 @@ def _loop_field(system, y):
     acc = np.empty(n)
     for i in range(n):
         restoring = np.sin(q[i]) if isinstance(system, d.CoupledPendulums) else q[i]
-        acc[i] = -om[i] ** 2 * restoring - sum(k[i, j] * (q[i] - q[j]) for j in range(n))
+        acc[i] = -(om[i] ** 2) * restoring - sum(k[i, j] * (q[i] - q[j]) for j in range(n))
         if isinstance(system, d.CoupledVanDerPol):
             acc[i] += float(system.mu) * (1 - q[i] ** 2) * p[i]
     return np.concatenate([p, acc])
@@ -96,7 +105,9 @@ def test_hamiltonian_vector_field_is_canonical():
     system = d.HamiltonianSystem(lambda q, p: 0.5 * jnp.sum(p**2) + 0.25 * jnp.sum(q**4), 3)
     y = jnp.asarray(np.random.default_rng(0).normal(size=6))
     q, p = y[:3], y[3:]
-    np.testing.assert_allclose(system.vector_field(0.0, y), jnp.concatenate([p, -(q**3)]), rtol=1e-14)
+    np.testing.assert_allclose(
+        system.vector_field(0.0, y), jnp.concatenate([p, -(q**3)]), rtol=1e-14
+    )
     assert system.state_dim == 6 and system.n_oscillators == 3
 
 
@@ -198,7 +209,8 @@ def test_hamiltonian_system_reproduces_coupled_pendulums(getkey):
     np.testing.assert_allclose(
         jax.vmap(lambda y: ham.vector_field(0.0, y))(ys),
         jax.vmap(lambda y: pend.vector_field(0.0, y))(ys),
-        rtol=1e-12, atol=1e-12,
+        rtol=1e-12,
+        atol=1e-12,
     )
     _, a = solve(pend, ys, 20.0)
     _, b = solve(ham, ys, 20.0)
@@ -222,7 +234,9 @@ def test_coupling_graphs():
     np.testing.assert_array_equal(d.DoublePendulum().coupling_graph(), [[0, 1], [1, 0]])
     # an uncoupled Hamiltonian has an empty graph
     free = d.HamiltonianSystem(lambda q, p: 0.5 * jnp.sum(p**2 + q**2), 3)
-    np.testing.assert_array_equal(eqx.filter_jit(lambda s: s.coupling_graph())(free), np.zeros((3, 3)))
+    np.testing.assert_array_equal(
+        eqx.filter_jit(lambda s: s.coupling_graph())(free), np.zeros((3, 3))
+    )
 
 
 # ------------------------------------------------------- initial conditions
@@ -286,13 +300,24 @@ def test_van_der_pol_limit_cycle_amplitude_is_two(mu):
     """
     single = d.CoupledVanDerPol([1.0], mu, [[0.0]])
     system = d.CoupledVanDerPol(np.ones(3), mu, np.zeros((3, 3)))
-    q0 = np.array([[0.1, 4.0, 1.0], [0.01, 3.0, -2.5], [-0.5, 0.0, 2.0], [1.0, 2.0, 3.0], [-3.0, 0.2, 0.0], [0.0, 0.0, 0.3]])
+    q0 = np.array(
+        [
+            [0.1, 4.0, 1.0],
+            [0.01, 3.0, -2.5],
+            [-0.5, 0.0, 2.0],
+            [1.0, 2.0, 3.0],
+            [-3.0, 0.2, 0.0],
+            [0.0, 0.0, 0.3],
+        ]
+    )
     p0 = np.roll(q0, 1, axis=0)[:BATCH]
     y0 = np.concatenate([q0[:BATCH], p0], axis=-1)
     for y in y0[:2]:  # the uncoupled system is the single oscillator, component by component
         f3 = np.asarray(system.vector_field(0.0, y))
         for i in range(3):
-            np.testing.assert_allclose(single.vector_field(0.0, y[[i, 3 + i]]), f3[[i, 3 + i]], rtol=1e-15)
+            np.testing.assert_allclose(
+                single.vector_field(0.0, y[[i, 3 + i]]), f3[[i, 3 + i]], rtol=1e-15
+            )
     _, ys = solve(system, y0, 300.0, rtol=1e-8, atol=1e-8)  # settle on the cycle
     _, ys = solve(system, ys[:, -1], 20.0, rtol=1e-8, atol=1e-8)  # then sample it every 0.2
     amplitude = jnp.abs(ys[..., :3]).max(axis=1)
@@ -316,7 +341,8 @@ def test_kuramoto_synchronises_under_strong_coupling_only(getkey):
 
 
 def test_huygens_clocks_fall_into_anti_phase(getkey):
-    """Two identical clocks started out of step end up swinging in anti-phase (phase difference ±pi).
+    """Two identical clocks started out of step end up swinging in anti-phase (phase difference
+    ±pi).
 
     `sample_initial_states` starts the clocks at rest, so its phase differences
     are exactly 0 or pi; here its amplitudes are kept and each clock is given a

@@ -68,8 +68,17 @@ def curve(history):
 @pytest.fixture(scope="module")
 def ds():
     system = d.HarmonicChain(np.array([1.0, 1.3, 1.7]), d.chain_coupling(3, 0.3))
-    return d.make_dataset(system, key=jax.random.key(0), n_train=8, n_val=4, n_test=3, dt=0.1, t_train=5.0,
-                          t_end=10.0, noise=0.01)
+    return d.make_dataset(
+        system,
+        key=jax.random.key(0),
+        n_train=8,
+        n_val=4,
+        n_test=3,
+        dt=0.1,
+        t_train=5.0,
+        t_end=10.0,
+        noise=0.01,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +147,33 @@ SCRIPT = textwrap.dedent(
 
 
 def _launch(workdir, ds_path, ckpt, out):
-    cfg = dict(data=str(ds_path), seed=SEEDS[0], arch=ARCH, fit=FIT, ckpt=str(ckpt), out=str(out),
-               cache=str(workdir / "xla_cache"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(cfg)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cfg = dict(
+        data=str(ds_path),
+        seed=SEEDS[0],
+        arch=ARCH,
+        fit=FIT,
+        ckpt=str(ckpt),
+        out=str(out),
+        cache=str(workdir / "xla_cache"),
+    )
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="--xla_force_host_platform_device_count=4"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, json.dumps(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _saved_steps(ckpt):
     state = Path(ckpt) / "state"
-    return sorted(int(p.name) for p in state.iterdir() if p.name.isdigit()) if state.exists() else []
+    return (
+        sorted(int(p.name) for p in state.iterdir() if p.name.isdigit()) if state.exists() else []
+    )
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +211,9 @@ def test_resume_after_kill_matches_uninterrupted_run(resumed, solo):
     print(f"killed after chunk {resumed['killed_at']} of {N_CHUNKS}")
     assert_same_params(resumed["params"], solo[0][0])
     assert curve(resumed["history"]) == curve(solo[0][1])
-    records = [json.loads(line) for line in (resumed["ckpt"] / "log.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (resumed["ckpt"] / "log.jsonl").read_text().splitlines()
+    ]
     assert [r["chunk"] for r in records] == list(range(1, N_CHUNKS + 1))
 
 
@@ -195,7 +223,9 @@ def test_rerun_of_a_finished_run_restores_it(ds, resumed):
     assert curve(history) == curve(resumed["history"])
 
 
-@pytest.mark.parametrize("change", [dict(lr=2e-2), dict(steps=125), dict(batch_size=4), dict(seed=99)])
+@pytest.mark.parametrize(
+    "change", [dict(lr=2e-2), dict(steps=125), dict(batch_size=4), dict(seed=99)]
+)
 def test_resume_with_different_arguments_is_refused(ds, resumed, change):
     change = dict(change)
     seed = change.pop("seed", SEEDS[0])
@@ -210,7 +240,12 @@ def test_divergence_raises_and_keeps_finite_parameters(ds):
     key = jax.random.key(SEEDS[0])
     model = make_model(nnx.Rngs(key))
     with pytest.raises(m.TrainingDiverged) as info:
-        m.fit(model, ds, key=key, **{**FIT, "lr": 1e30, "steps": 20, "eval_every": 10, "precision": "float32"})
+        m.fit(
+            model,
+            ds,
+            key=key,
+            **{**FIT, "lr": 1e30, "steps": 20, "eval_every": 10, "precision": "float32"},
+        )
     exc = info.value
     print(exc)
     assert exc.step == 2
@@ -253,8 +288,9 @@ def _ensemble(ds, n, strategy, sharded=True):
     original = train_mod._member_sharding
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "_member_sharding", spy)
-        models, histories = m.fit_ensemble(make_model, ds, keys=keys, strategy=strategy,
-                                           **{k: v for k, v in FIT.items()})
+        models, histories = m.fit_ensemble(
+            make_model, ds, keys=keys, strategy=strategy, **{k: v for k, v in FIT.items()}
+        )
     return [params_of(x) for x in models], histories, seen
 
 
@@ -271,8 +307,11 @@ def test_ensemble_equals_members_trained_alone(name, ensembles, solo):
     params, histories, _ = ensembles[name]
     for i in range(2):
         assert_same_params(params[i], solo[i][0], rtol=1e-6)
-        np.testing.assert_allclose([r["train_loss"] for r in histories[i]], [r["train_loss"] for r in solo[i][1]],
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            [r["train_loss"] for r in histories[i]],
+            [r["train_loss"] for r in solo[i][1]],
+            rtol=1e-6,
+        )
 
 
 def test_sharded_ensemble_equals_single_device(ensembles):
@@ -294,7 +333,9 @@ def test_fit_ensemble_refuses_bad_input(ds):
     with pytest.raises(ValueError, match="keys"):
         m.fit_ensemble(make_model, ds, keys=[], steps=10)
     with pytest.raises(ValueError, match="strategy"):
-        m.fit_ensemble(make_model, ds, keys=[jax.random.key(0)], steps=10, strategy="pmap", progress=False)
+        m.fit_ensemble(
+            make_model, ds, keys=[jax.random.key(0)], steps=10, strategy="pmap", progress=False
+        )
     with pytest.raises(ValueError, match="steps"):
         m.fit_ensemble(make_model, ds, keys=[jax.random.key(0)], steps=0)
 
@@ -307,9 +348,21 @@ NO_OPT_FIELDS = {k: v for k, v in FIT.items() if k not in ("lr",)}
 
 @pytest.mark.parametrize(
     "field, value",
-    [("steps", 0), ("steps", 2.5), ("steps", True), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")),
-     ("lr", "0.1"), ("eval_every", 0), ("patience", 0), ("grad_clip", 0.0), ("grad_clip", float("nan")),
-     ("warmup", -1), ("precision", "float16")],
+    [
+        ("steps", 0),
+        ("steps", 2.5),
+        ("steps", True),
+        ("batch_size", -1),
+        ("lr", 0.0),
+        ("lr", float("nan")),
+        ("lr", "0.1"),
+        ("eval_every", 0),
+        ("patience", 0),
+        ("grad_clip", 0.0),
+        ("grad_clip", float("nan")),
+        ("warmup", -1),
+        ("precision", "float16"),
+    ],
 )
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=rf"{field} must .* got {re.escape(repr(value))}"):
@@ -347,17 +400,30 @@ def test_config_object_equals_keywords_and_overrides_replace_fields(ds, solo):
     assert_same_params(params_of(model), solo[0][0])
     assert curve(history) == curve(solo[0][1])
     # a keyword replaces the config's field
-    model, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, config=dataclasses.replace(cfg, steps=10),
-                           steps=FIT["steps"], progress=False)
+    model, history = m.fit(
+        make_model(nnx.Rngs(key)),
+        ds,
+        key=key,
+        config=dataclasses.replace(cfg, steps=10),
+        steps=FIT["steps"],
+        progress=False,
+    )
     assert_same_params(params_of(model), solo[0][0])
 
 
 def test_fit_and_fit_ensemble_agree_on_one_config(ds):
     """One TrainConfig, with the patience and warm-up fields set, a custom loss and optimizer."""
-    cfg = m.TrainConfig(steps=30, batch_size=4, lr=5e-3, eval_every=10, patience=2, warmup=3, precision="float64")
+    cfg = m.TrainConfig(
+        steps=30, batch_size=4, lr=5e-3, eval_every=10, patience=2, warmup=3, precision="float64"
+    )
     keys = [jax.random.key(s) for s in SEEDS[:2]]
-    alone = [params_of(m.fit(make_model(nnx.Rngs(k)), ds, key=k, config=cfg, progress=False)[0]) for k in keys]
-    members, _ = m.fit_ensemble(make_model, ds, keys=keys, config=cfg, strategy="map", progress=False)
+    alone = [
+        params_of(m.fit(make_model(nnx.Rngs(k)), ds, key=k, config=cfg, progress=False)[0])
+        for k in keys
+    ]
+    members, _ = m.fit_ensemble(
+        make_model, ds, keys=keys, config=cfg, strategy="map", progress=False
+    )
     for a, b in zip(alone, members):
         assert_same_params(a, params_of(b), rtol=1e-10)
     assert not np.allclose(out_kernel(alone[0]), out_kernel(alone[1]))
@@ -367,9 +433,13 @@ def test_fit_and_fit_ensemble_agree_on_one_config(ds):
 def test_custom_optimizer_is_used(ds, solo):
     key = jax.random.key(SEEDS[0])
     initial = params_of(make_model(nnx.Rngs(key)))
-    frozen, _ = m.fit(make_model(nnx.Rngs(key)), ds, key=key, optimizer=optax.sgd(0.0), **NO_OPT_FIELDS)
+    frozen, _ = m.fit(
+        make_model(nnx.Rngs(key)), ds, key=key, optimizer=optax.sgd(0.0), **NO_OPT_FIELDS
+    )
     assert_same_params(params_of(frozen), initial)  # a zero learning rate: nothing moves
-    sgd, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, optimizer=optax.sgd(1e-2), **NO_OPT_FIELDS)
+    sgd, history = m.fit(
+        make_model(nnx.Rngs(key)), ds, key=key, optimizer=optax.sgd(1e-2), **NO_OPT_FIELDS
+    )
     sgd = params_of(sgd)
     assert not np.allclose(out_kernel(sgd), out_kernel(initial))
     assert not np.allclose(out_kernel(sgd), out_kernel(solo[0][0]))  # and not what Adam gives
@@ -392,8 +462,14 @@ def test_custom_loss_is_used_on_trajectories(ds):
         return sum(jnp.sum((p - 0.5) ** 2) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
     key = jax.random.key(SEEDS[0])
-    model, history = m.fit(make_model(nnx.Rngs(key)), ds, key=key, loss=to_half, optimizer=optax.sgd(0.25),
-                           **NO_OPT_FIELDS)
+    model, history = m.fit(
+        make_model(nnx.Rngs(key)),
+        ds,
+        key=key,
+        loss=to_half,
+        optimizer=optax.sgd(0.25),
+        **NO_OPT_FIELDS,
+    )
     for name, p in params_of(model).items():
         np.testing.assert_allclose(p, 0.5, atol=1e-12, err_msg=name)
     assert history[-1]["val_loss"] < 1e-20  # validation uses the same loss
@@ -412,21 +488,41 @@ def test_custom_loss_on_full_batch_data():
         assert batch["x"].shape == (64, 3)
         return jnp.mean((batch["x"] @ model.w[...] - batch["y"]) ** 2)
 
-    model, history = m.fit(Scalar((3,)), data, key=jax.random.key(0), loss=lstsq, steps=400, eval_every=100,
-                           lr=0.05, precision="float64", progress=False)  # the default Adam schedule
+    model, history = m.fit(
+        Scalar((3,)),
+        data,
+        key=jax.random.key(0),
+        loss=lstsq,
+        steps=400,
+        eval_every=100,
+        lr=0.05,
+        precision="float64",
+        progress=False,
+    )  # the default Adam schedule
     np.testing.assert_allclose(model.w[...], w_true, atol=1e-3)
     assert [r["val_loss"] for r in history] == [None] * 4  # no validation without trajectories
 
 
 def test_loss_keys_depend_on_the_step_alone():
-    """With `sgd(0.5)` on `sum((w - z)^2)`, each step sets `w = z`, the loss's own draw: so the final
-    `w` shows the key of the last step: the same for any chunking, other for another step."""
+    """With `sgd(0.5)` on `sum((w - z)^2)`, each step sets `w = z`, the loss's own draw: so the
+    final `w` shows the key of the last step: the same for any chunking, other for another
+    step."""
+
     def follow(model, batch, key):
         return jnp.sum((model.w[...] - jax.random.normal(key, model.w.shape)) ** 2)
 
     def run(steps, eval_every, seed=0):
-        model, _ = m.fit(Scalar((4,)), None, key=jax.random.key(seed), loss=follow, optimizer=optax.sgd(0.5),
-                         steps=steps, eval_every=eval_every, precision="float64", progress=False)
+        model, _ = m.fit(
+            Scalar((4,)),
+            None,
+            key=jax.random.key(seed),
+            loss=follow,
+            optimizer=optax.sgd(0.5),
+            steps=steps,
+            eval_every=eval_every,
+            precision="float64",
+            progress=False,
+        )
         return np.asarray(model.w[...])
 
     a = run(6, 2)
@@ -437,15 +533,26 @@ def test_loss_keys_depend_on_the_step_alone():
 
 
 def test_custom_loss_divergence_keeps_the_last_finite_parameters():
-    """`w` walks from 0 towards 10, `w_k = 10 (1 - 0.9^k)`; the loss is NaN once `w > 5`, first at k = 7."""
+    """`w` walks from 0 towards 10, `w_k = 10 (1 - 0.9^k)`; the loss is NaN once `w > 5`, first
+    at k = 7."""
+
     def nan_past_five(model, batch, key):
         w = model.w[...]
         return jnp.where(w > 5.0, jnp.nan, (w - 10.0) ** 2)
 
     model = Scalar()
     with pytest.raises(m.TrainingDiverged) as info:
-        m.fit(model, None, key=jax.random.key(0), loss=nan_past_five, optimizer=optax.sgd(0.05), steps=20,
-              eval_every=5, precision="float64", progress=False)
+        m.fit(
+            model,
+            None,
+            key=jax.random.key(0),
+            loss=nan_past_five,
+            optimizer=optax.sgd(0.05),
+            steps=20,
+            eval_every=5,
+            precision="float64",
+            progress=False,
+        )
     assert info.value.step == 7
     np.testing.assert_allclose(float(model.w[...]), 10 * (1 - 0.9**7), rtol=1e-12)
     np.testing.assert_allclose(info.value.last_finite_loss, (10 * 0.9**6) ** 2, rtol=1e-12)
@@ -455,7 +562,13 @@ def test_data_without_a_loss_are_refused():
     with pytest.raises(ValueError, match="needs loss="):
         m.fit(Scalar(), {"x": np.zeros(3)}, key=jax.random.key(0), steps=5)
     with pytest.raises(ValueError, match="NaN or inf"):
-        m.fit(Scalar(), {"x": np.array([0.0, np.nan])}, key=jax.random.key(0), steps=5, loss=lambda m, b, k: 0.0)
+        m.fit(
+            Scalar(),
+            {"x": np.array([0.0, np.nan])},
+            key=jax.random.key(0),
+            steps=5,
+            loss=lambda m, b, k: 0.0,
+        )
 
 
 def noisy_windows_loss(model, windows, key):
@@ -464,7 +577,9 @@ def noisy_windows_loss(model, windows, key):
 
 
 #: a custom optimizer with a schedule (its step count lives in the optimizer state)
-CUSTOM_OPT = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(1e-2, 60)))
+CUSTOM_OPT = optax.chain(
+    optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(1e-2, 60))
+)
 
 
 def test_resumed_fit_with_custom_loss_and_optimizer_equals_uninterrupted(ds, workdir, monkeypatch):

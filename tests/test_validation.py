@@ -91,9 +91,17 @@ def test_bad_van_der_pol_mu(mu):
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("gamma", -0.01), ("mu", -0.1), ("theta0", 0.0), ("theta0", -0.2), ("beam_omega", -1.0),
-        ("beam_gamma", -0.5), ("mass_ratio", 0.0), ("mass_ratio", -0.05), ("gamma", NAN),
-        ("mass_ratio", INF), ("beam_omega", [1.0, 2.0]),
+        ("gamma", -0.01),
+        ("mu", -0.1),
+        ("theta0", 0.0),
+        ("theta0", -0.2),
+        ("beam_omega", -1.0),
+        ("beam_gamma", -0.5),
+        ("mass_ratio", 0.0),
+        ("mass_ratio", -0.05),
+        ("gamma", NAN),
+        ("mass_ratio", INF),
+        ("beam_omega", [1.0, 2.0]),
     ],
 )
 def test_bad_huygens_parameters(field, value):
@@ -115,7 +123,16 @@ def test_huygens_mass_ratio_times_n_below_one(n, mass_ratio):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("m1", 0.0), ("m2", -1.0), ("l1", 0.0), ("l2", -0.5), ("g", -9.8), ("m1", NAN), ("l2", INF), ("g", [9.8])],
+    [
+        ("m1", 0.0),
+        ("m2", -1.0),
+        ("l1", 0.0),
+        ("l2", -0.5),
+        ("g", -9.8),
+        ("m1", NAN),
+        ("l2", INF),
+        ("g", [9.8]),
+    ],
 )
 def test_bad_double_pendulum(field, value):
     with pytest.raises(ValueError, match=field):
@@ -151,8 +168,13 @@ def test_bad_graph_arguments(graph):
 @pytest.mark.ill_typed  # n=2.0
 @pytest.mark.parametrize(
     "system",
-    [d.HarmonicChain(GOOD_OMEGA, GOOD_K), d.HuygensClocks([1.0, 1.0]), d.DoublePendulum(),
-     d.Kuramoto(GOOD_OMEGA, GOOD_K), d.HamiltonianSystem(lambda q, p: jnp.sum(p**2), 2)],
+    [
+        d.HarmonicChain(GOOD_OMEGA, GOOD_K),
+        d.HuygensClocks([1.0, 1.0]),
+        d.DoublePendulum(),
+        d.Kuramoto(GOOD_OMEGA, GOOD_K),
+        d.HamiltonianSystem(lambda q, p: jnp.sum(p**2), 2),
+    ],
     ids=lambda s: type(s).__name__,
 )
 def test_bad_sample_arguments(system):
@@ -208,8 +230,12 @@ def test_bad_initial_states(y0, why):
 @pytest.mark.ill_typed  # max_steps=1.5, a lambda for the system
 def test_bad_solver_arguments():
     for kwargs, field in [
-        (dict(rtol=0.0), "rtol"), (dict(rtol=-1e-8), "rtol"), (dict(atol=NAN), "atol"),
-        (dict(atol=INF), "atol"), (dict(solver="euler"), "solver"), (dict(max_steps=0), "max_steps"),
+        (dict(rtol=0.0), "rtol"),
+        (dict(rtol=-1e-8), "rtol"),
+        (dict(atol=NAN), "atol"),
+        (dict(atol=INF), "atol"),
+        (dict(solver="euler"), "solver"),
+        (dict(max_steps=0), "max_steps"),
         (dict(max_steps=1.5), "max_steps"),
     ]:
         with pytest.raises(ValueError, match=field):
@@ -282,7 +308,9 @@ def valid_coupling(draw, n):
 
 
 @hyp
-@given(omega=omega_with_a_non_positive_entry(), cls=st.sampled_from(OSCILLATORS + [d.HuygensClocks]))
+@given(
+    omega=omega_with_a_non_positive_entry(), cls=st.sampled_from(OSCILLATORS + [d.HuygensClocks])
+)
 def test_property_any_non_positive_omega_raises(omega, cls):
     with pytest.raises(ValueError, match="omega"):
         if cls is d.HuygensClocks:

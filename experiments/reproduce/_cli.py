@@ -29,7 +29,8 @@ class Command:
 
     budgets: tyro.conf.OmitArgPrefixes[Preset]
     preset: PresetName = DEFAULT_PRESET
-    """tiny (tests, seconds), quick (~1-2 min on a laptop CPU) or full (the paper's HNN set-up, several seeds)"""
+    """tiny (tests, seconds), quick (~1-2 min on a laptop CPU) or full (the paper's HNN set-up, \
+several seeds)"""
     out: Path | None = None
     """output directory (default results/<preset>/)"""
     tasks: tuple[Literal["mass_spring", "pendulum", "double_pendulum"], ...] = TASKS
@@ -52,13 +53,13 @@ def main(argv=None) -> list[dict]:
     cmd = parse(argv)
     preset = cmd.budgets
     setup_jax()  # the shared compilation cache ...
-    jax.config.update(
-        "jax_enable_x64", False
-    )  # ... but the papers trained in float32; data are made in float64
+    # ... but the papers trained in float32; data are made in float64
+    jax.config.update("jax_enable_x64", False)
     out = cmd.out or Path("results") / preset.name
     rows = run(preset, out, tasks=cmd.tasks, force=cmd.force)
     print(summary_markdown(rows, preset, {}))
     print(
-        f"[reproduce] wrote {out / 'reproduce.csv'}, {out / 'reproduce.md'}, {out / 'reproduce.json'}"
+        f"[reproduce] wrote {out / 'reproduce.csv'}, {out / 'reproduce.md'}, "
+        f"{out / 'reproduce.json'}"
     )
     return rows

@@ -28,7 +28,8 @@ def _rollout(state, y0, dt, *, graphdef, field_fn, n_steps, substeps):
 def rollout(
     model, field_fn: Callable, y0: np.ndarray, n_steps: int, dt: float, substeps: int
 ) -> np.ndarray:
-    """RK4 rollouts of `field_fn(model)` from each row of `y0`: `(N, n_steps + 1, d)`, with the start."""
+    """RK4 rollouts of `field_fn(model)` from each row of `y0`: `(N, n_steps + 1, d)`, with the
+    start."""
     y0 = jnp.asarray(y0, jnp.float32)
     graphdef, state = nnx.split(model)
     ys = _rollout(

@@ -53,7 +53,8 @@ def wrapped_field(model) -> Callable:
 
 
 def dp_states(key, n: int):
-    """Training/test states as in the LNN notebooks: angles over a full turn, velocities in [-10, 10]."""
+    """Training/test states as in the LNN notebooks: angles over a full turn, velocities in
+    [-10, 10]."""
     kq, kw = jax.random.split(key)
     q = jax.random.uniform(kq, (n, 2), minval=-jnp.pi, maxval=jnp.pi)
     w = jax.random.uniform(kw, (n, 2), minval=-10.0, maxval=10.0)
@@ -128,7 +129,8 @@ def run_dp(label: str, seed: int, preset: Preset) -> dict:
 
     y0 = dp_eval_states(seed, preset.lnn_rollouts)
     n_steps = int(round(preset.lnn_t_end * 10))  # 10 frames per unit time, as in the paper
-    # the true energy is conserved exactly: E_true(t) = E(y0) (the paper took it from an odeint solve)
+    # the true energy is conserved exactly: E_true(t) = E(y0) (the paper took it from an odeint
+    # solve)
     t1 = time.perf_counter()
     pred = rollout(model, wrapped_field, y0, n_steps, 0.1, preset.lnn_substeps)
     rollout_s = time.perf_counter() - t1

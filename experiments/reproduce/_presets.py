@@ -111,7 +111,8 @@ class Preset:
         if task == "double_pendulum":
             return (
                 f"REDUCED budget: {self.lnn_steps} Adam steps x batch {self.lnn_batch}, "
-                f"{self.lnn_depth}x{self.lnn_width} softplus MLP (paper: ~600k steps x 512, 3x600); "
+                f"{self.lnn_depth}x{self.lnn_width} softplus MLP "
+                "(paper: ~600k steps x 512, 3x600); "
                 f"{self.lnn_rollouts} rollouts to t={self.lnn_t_end:g} (paper: 40 to t=100)"
             )
         base = (
@@ -119,7 +120,10 @@ class Preset:
             if self.hnn_steps == 2000
             else f"REDUCED: {self.hnn_steps} steps (paper 2000)"
         )
-        return f"{base}; {len(self.hnn_seeds)} seed(s) (paper: 1); {self.hnn_energy_rollouts} energy rollouts"
+        return (
+            f"{base}; {len(self.hnn_seeds)} seed(s) (paper: 1); "
+            f"{self.hnn_energy_rollouts} energy rollouts"
+        )
 
 
 PRESETS = {

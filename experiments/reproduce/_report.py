@@ -112,7 +112,8 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
     lines = [
         f"# Reproductions of the HNN and LNN papers (preset `{preset.name}`)",
         "",
-        "| task | model | test loss | published | energy MSE | published | energy error | published | seeds | notes |",
+        "| task | model | test loss | published | energy MSE | published | energy error "
+        "| published | seeds | notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: (TASKS.index(r["task"]), r["model"] != "baseline")):
@@ -123,24 +124,28 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
             return s if sd == "-" else f"{s} ± {sd}"
 
         lines.append(
-            f"| {r['task']} | {r['model']} | {cell('test_loss')} | {_fmt(r.get('published_test_loss'))} | "
-            f"{cell('energy_mse')} | {_fmt(r.get('published_energy_mse'))} | {cell('energy_error')} | "
+            f"| {r['task']} | {r['model']} | {cell('test_loss')} | "
+            f"{_fmt(r.get('published_test_loss'))} | "
+            f"{cell('energy_mse')} | {_fmt(r.get('published_energy_mse'))} | "
+            f"{cell('energy_error')} | "
             f"{_fmt(r.get('published_energy_error'))} | {r['seeds']} | {r['notes']} |"
         )
     lines += [
         "",
         "Mean ± standard deviation over seeds. HNN tasks: `test loss` = MSE of the predicted "
-        "derivatives on the 25 test trajectories; `energy MSE` = the notebooks' metric (15 rollouts "
-        "over t in [0, 20], mean over time of the squared error of the code's H); `energy error` "
-        "= relative error of H at t = 20 (no published counterpart). Double pendulum: `test loss` = "
+        "derivatives on the 25 test trajectories; `energy MSE` = the notebooks' metric "
+        "(15 rollouts over t in [0, 20], mean over time of the squared error of the code's H); "
+        "`energy error` = relative error of H at t = 20 (no published counterpart). "
+        "Double pendulum: `test loss` = "
         "mean absolute acceleration error on random states; `energy error` = the LNN paper's "
         "|E_model(T) - E_true(T)| / 29.4 at T = 100, mean over rollouts; `energy MSE` = mean over "
         "rollouts and time of (E_model - E_true)^2 (no published counterpart).",
         "",
         "Deviations from the papers: the HNN's MLP has a scalar output (theirs had two and used "
-        "one); biases start at zero (torch's default is uniform); training in JAX float32 rather than "
-        "PyTorch float32; data from float64 RK4 (h <= 1e-3) instead of `solve_ivp` (rtol 1e-10); rollouts "
-        "with fixed-step RK4 (h ~ 0.01) instead of adaptive RK45 (rtol 1e-12). The rollout starts of "
+        "one); biases start at zero (torch's default is uniform); training in JAX float32 "
+        "rather than PyTorch float32; data from float64 RK4 (h <= 1e-3) instead of `solve_ivp` "
+        "(rtol 1e-10); rollouts with fixed-step RK4 (h ~ 0.01) instead of adaptive RK45 "
+        "(rtol 1e-12). The rollout starts of "
         "the energy metric are drawn from a seeded generator (the notebooks used the global NumPy "
         "state). Double pendulum: the angles are wrapped to [-pi, pi) (the LNN code wraps to "
         "[0, 2pi), which puts the chart's cut at the hanging position); rollout starts at rest "
@@ -157,7 +162,8 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
         lines += [
             "",
             "Diagnostic (`energy_mse_q2p2` in the csv): the same rollouts scored with the spring "
-            "notebook's `energy_loss`, which compares q^2 + p^2 rather than H (the same thing for the "
+            "notebook's `energy_loss`, which compares q^2 + p^2 rather than H "
+            "(the same thing for the "
             "spring; for the pendulum q^2 + p^2 is not conserved, so it also counts phase errors): "
             + "; ".join(f"{k} {_fmt(v)}" for k, v in q2.items())
             + ".",
@@ -166,14 +172,16 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
     if dp:
         lines += [
             "",
-            "Double pendulum, median over rollouts of the final energy error (the mean is dominated "
+            "Double pendulum, median over rollouts of the final energy error "
+            "(the mean is dominated "
             "by rollouts that run away): "
             + "; ".join(f"{k} {_fmt(v)}" for k, v in dp.items())
             + ". "
             "At these CPU budgets both networks are far from the paper's accuracy (acceleration L1 "
-            "error ~10-20 per component against ~0.04 in the LNN baseline notebook). In a check of the "
-            "`full` preset's LNN (seed 0) the learned d2L/dq'2 had a non-positive eigenvalue at 84% of "
-            "random training states and at all 40 rollout starts (the true one is positive definite), "
+            "error ~10-20 per component against ~0.04 in the LNN baseline notebook). "
+            "In a check of the `full` preset's LNN (seed 0) the learned d2L/dq'2 had a "
+            "non-positive eigenvalue at 84% of random training states and at all 40 rollout "
+            "starts (the true one is positive definite), "
             "so the learned energy is unbounded and the LNN's rollouts run away within ~2-20 time "
             "units: the LNN's energy conservation does not reproduce at this budget.",
         ]
@@ -196,7 +204,8 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
     if "wall_seconds" in extra:
         lines += [
             "",
-            f"Training time summed over the runs: {extra.get('train_seconds_total', 0):.0f} s; wall time "
+            f"Training time summed over the runs: {extra.get('train_seconds_total', 0):.0f} s; "
+            "wall time "
             f"of the last invocation: {extra['wall_seconds']:.0f} s (reruns skip finished runs).",
         ]
     return "\n".join(lines) + "\n"

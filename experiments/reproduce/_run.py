@@ -87,7 +87,8 @@ def run(preset: Preset, out: Path, *, tasks=TASKS, force: bool = False, log=prin
                     runs[keys[(label, seed)]] = res[label]
                     log(
                         f"[reproduce]   {label}: test_loss {res[label]['test_loss']:.4e} "
-                        f"energy_mse {res[label]['energy_mse']:.4e} ({res[label]['train_seconds']:.1f} s)"
+                        f"energy_mse {res[label]['energy_mse']:.4e} "
+                        f"({res[label]['train_seconds']:.1f} s)"
                     )
                 save()
         for label in labels:

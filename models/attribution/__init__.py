@@ -56,7 +56,10 @@ from ._integrated import (
     integrated_gradients_with_delta as integrated_gradients_with_delta,
     quadrature as quadrature,
 )
-from ._layout import oscillator_membership as oscillator_membership, oscillator_scores as oscillator_scores
+from ._layout import (
+    oscillator_membership as oscillator_membership,
+    oscillator_scores as oscillator_scores,
+)
 from ._lrp import lstm_forward as lstm_forward, lstm_lrp as lstm_lrp
 from ._noise import smoothgrad as smoothgrad, vargrad as vargrad
 from ._occlusion import occlusion as occlusion

@@ -12,7 +12,16 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from .._checks import check_int
 from ._ground_truth import spearman
-from ._misc import DEFAULT_CHUNK, ScalarFn, as_float, check_nonnegative, check_scalar_fn, chunked_map, normal_noise, safe_div
+from ._misc import (
+    DEFAULT_CHUNK,
+    ScalarFn,
+    as_float,
+    check_nonnegative,
+    check_scalar_fn,
+    chunked_map,
+    normal_noise,
+    safe_div,
+)
 
 
 def infidelity(
@@ -205,7 +214,9 @@ def randomisation_check(
         try:
             _get_path(params, p)
         except (KeyError, IndexError, TypeError):
-            raise ValueError(f"layer {p if len(p) > 1 else p[0]!r} of layer_order is not in params") from None
+            raise ValueError(
+                f"layer {p if len(p) > 1 else p[0]!r} of layer_order is not in params"
+            ) from None
     reinit = _rms_normal if reinit is None else reinit
     prep = jnp.abs if absolute else (lambda a: a)
     explain = jax.jit(explain_with_params) if jit else explain_with_params

@@ -36,7 +36,9 @@ def true_jacobian(
         raise ValueError(f"system must be a dynamics system, got {type(system).__name__}")
     y0 = as_float("y0", y0)
     if y0.shape != (system.state_dim,):
-        raise ValueError(f"y0 must have shape ({system.state_dim},), got {y0.shape}; vmap for batches")
+        raise ValueError(
+            f"y0 must have shape ({system.state_dim},), got {y0.shape}; vmap for batches"
+        )
     if "adjoint" in simulate_kwargs:
         raise ValueError("true_jacobian sets adjoint=diffrax.ForwardMode() itself")
 
@@ -82,7 +84,9 @@ def _check_graph(gr) -> None:
         raise ValueError("graph must contain only 0 and 1")
 
 
-def coupling_auroc(scores: Float[ArrayLike, "n n"], graph: Float[ArrayLike, "n n"]) -> Float[Array, ""]:
+def coupling_auroc(
+    scores: Float[ArrayLike, "n n"], graph: Float[ArrayLike, "n n"]
+) -> Float[Array, ""]:
     r"""AUROC of the off-diagonal `scores` for recovering the edges of a 0/1 `graph`.
 
     The exact Mann-Whitney statistic
@@ -93,7 +97,9 @@ def coupling_auroc(scores: Float[ArrayLike, "n n"], graph: Float[ArrayLike, "n n
     """
     s, gr = jnp.asarray(scores), jnp.asarray(graph)
     if s.ndim != 2 or s.shape[0] != s.shape[1] or gr.shape != s.shape:
-        raise ValueError(f"scores and graph must be the same (n, n) shape, got {s.shape} and {gr.shape}")
+        raise ValueError(
+            f"scores and graph must be the same (n, n) shape, got {s.shape} and {gr.shape}"
+        )
     if s.shape[0] < 2:
         raise ValueError("coupling_auroc needs n >= 2 oscillators")
     _check_graph(gr)
@@ -110,11 +116,15 @@ def _auroc(s, gr):
     return (jnp.sum(jnp.where(pos, ranks, 0.0)) - p * (p + 1) / 2) / (p * neg)
 
 
-def jacobian_spearman(attr: Float[ArrayLike, "..."], true: Float[ArrayLike, "..."]) -> Float[Array, ""]:
+def jacobian_spearman(
+    attr: Float[ArrayLike, "..."], true: Float[ArrayLike, "..."]
+) -> Float[Array, ""]:
     r"""`spearman(|attr|, |true|)` over all flattened entries (magnitudes only)."""
     attr, true = jnp.asarray(attr), jnp.asarray(true)
     if attr.shape != true.shape:
-        raise ValueError(f"attr and true must have the same shape, got {attr.shape} and {true.shape}")
+        raise ValueError(
+            f"attr and true must have the same shape, got {attr.shape} and {true.shape}"
+        )
     return spearman(jnp.abs(attr), jnp.abs(true))
 
 
@@ -157,7 +167,8 @@ def score_by_horizon(
     `attr_jacs[t]` is a model's `(D, D)` sensitivity or attribution of the
     state at time `ts[t]` to the initial (or context) state, `true_jacs[t]`
     the simulator's (`true_jacobian`). At each `t`:
-    `auroc[t] = coupling_auroc(oscillator_scores(attr_jacs[t], n, state_layout=state_layout), graph)`
+    `auroc[t] = coupling_auroc(oscillator_scores(attr_jacs[t], n, state_layout=state_layout),
+    graph)`
     and `spearman[t] = jacobian_spearman(attr_jacs[t], true_jacs[t])`; their
     means are reported separately inside (`ts <= t_train`) and beyond
     (`ts > t_train`) the training window. `state_layout` is as in

@@ -10,7 +10,15 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import check_int
-from ._misc import DEFAULT_CHUNK, ScalarFn, as_float, broadcast_like, check_baseline, check_scalar_fn, chunked_reduce
+from ._misc import (
+    DEFAULT_CHUNK,
+    ScalarFn,
+    as_float,
+    broadcast_like,
+    check_baseline,
+    check_scalar_fn,
+    chunked_reduce,
+)
 
 #: The integration rules of `integrated_gradients`.
 QUADRATURE_METHODS = (
@@ -140,7 +148,9 @@ def completeness_delta(
     if attr.shape != x.shape:
         raise ValueError(f"attr must have the shape of x {x.shape}, got {attr.shape}")
     b = check_baseline(x, baseline)
-    return jax.jit(lambda x, attr, b: jnp.sum(attr) - (fn(x) - fn(broadcast_like(b, x))))(x, attr, b)
+    return jax.jit(lambda x, attr, b: jnp.sum(attr) - (fn(x) - fn(broadcast_like(b, x))))(
+        x, attr, b
+    )
 
 
 def integrated_gradients_with_delta(

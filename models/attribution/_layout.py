@@ -7,7 +7,6 @@ as explicit index groups; only the two plain layouts are ever inferred from the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +18,7 @@ from .._checks import check_int
 
 #: A state layout: `"auto"`, `"qp"`, `"first_order"`, a `dynamics.AbstractSystem` (its
 #: `oscillator_groups()`), or one sequence of state indices per oscillator.
-StateLayout = Union[str, dynamics.AbstractSystem, Sequence[Sequence[int]]]
+StateLayout = str | dynamics.AbstractSystem | Sequence[Sequence[int]]
 
 _LAYOUT_NAMES = ("auto", "qp", "first_order")
 
@@ -29,7 +28,8 @@ def system_groups(system: dynamics.AbstractSystem, dim: int) -> tuple[tuple[int,
     a non-plain layout but does not declare it raises `ValueError`."""
     if dim != system.state_dim:
         raise ValueError(
-            f"{type(system).__name__} has state_dim={system.state_dim}, but the map has {dim} coordinates"
+            f"{type(system).__name__} has state_dim={system.state_dim}, "
+            f"but the map has {dim} coordinates"
         )
     try:
         groups = system.oscillator_groups()
@@ -43,9 +43,13 @@ def check_groups(groups, n: int, dim: int) -> tuple[tuple[int, ...], ...]:
     try:
         out = tuple(tuple(int(i) for i in g) for g in groups)
     except (TypeError, ValueError):
-        raise ValueError(f"state_layout groups must be sequences of integer indices, got {groups!r}") from None
+        raise ValueError(
+            f"state_layout groups must be sequences of integer indices, got {groups!r}"
+        ) from None
     if len(out) != n:
-        raise ValueError(f"state_layout must list {n} index groups (one per oscillator), got {len(out)}")
+        raise ValueError(
+            f"state_layout must list {n} index groups (one per oscillator), got {len(out)}"
+        )
     if any(len(g) == 0 for g in out):
         raise ValueError(f"every oscillator needs at least one state index, got {out!r}")
     if any(not 0 <= i < dim for g in out for i in g):
@@ -67,13 +71,15 @@ def resolve_groups(state_layout: StateLayout, n: int, dim: int) -> tuple[tuple[i
     if isinstance(state_layout, dynamics.AbstractSystem):
         if state_layout.n_oscillators != n:
             raise ValueError(
-                f"{type(state_layout).__name__} has {state_layout.n_oscillators} oscillators, expected n={n}"
+                f"{type(state_layout).__name__} has {state_layout.n_oscillators} oscillators, "
+                f"expected n={n}"
             )
         return system_groups(state_layout, dim)
     if isinstance(state_layout, str):
         if state_layout not in _LAYOUT_NAMES:
             raise ValueError(
-                f"state_layout must be {', '.join(map(repr, _LAYOUT_NAMES))}, a dynamics.AbstractSystem "
+                f"state_layout must be {', '.join(map(repr, _LAYOUT_NAMES))}, "
+                "a dynamics.AbstractSystem "
                 f"or one list of state indices per oscillator, got {state_layout!r}"
             )
         layout = state_layout
@@ -84,13 +90,16 @@ def resolve_groups(state_layout: StateLayout, n: int, dim: int) -> tuple[tuple[i
                 layout = "qp"
             else:
                 raise ValueError(
-                    f"cannot infer the state layout of {dim} coordinates for n={n} oscillators: only the "
+                    f"cannot infer the state layout of {dim} coordinates for n={n} oscillators: "
+                    "only the "
                     f"plain layouts (D = n or 2n) are inferred; pass state_layout=system (a "
                     f"dynamics.AbstractSystem) or its oscillator_groups()"
                 )
         expected = n if layout == "first_order" else 2 * n
         if dim != expected:
-            raise ValueError(f"state_layout {layout!r} needs {expected} coordinates for n={n}, got {dim}")
+            raise ValueError(
+                f"state_layout {layout!r} needs {expected} coordinates for n={n}, got {dim}"
+            )
         if layout == "first_order":
             return tuple((i,) for i in range(n))
         return tuple((i, n + i) for i in range(n))

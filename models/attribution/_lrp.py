@@ -24,7 +24,9 @@ def _check_lstm(params, xs) -> None:
         try:
             wx, wh, b = (jnp.shape(layer[name]) for name in ("w_x", "w_h", "b"))
         except (KeyError, TypeError):
-            raise ValueError(f'params["layers"][{k}] must be a dict with keys "w_x", "w_h", "b"') from None
+            raise ValueError(
+                f'params["layers"][{k}] must be a dict with keys "w_x", "w_h", "b"'
+            ) from None
         h = wh[0] if len(wh) == 2 else -1
         if wx != (d_in, 4 * h) or wh != (h, 4 * h) or b != (4 * h,):
             raise ValueError(
@@ -34,7 +36,9 @@ def _check_lstm(params, xs) -> None:
         d_in = h
     wo, bo = jnp.shape(params["w_out"]), jnp.shape(params["b_out"])
     if len(wo) != 2 or wo[0] != d_in or bo != (wo[1],):
-        raise ValueError(f"w_out must have shape ({d_in}, D_out) and b_out (D_out,), got {wo} and {bo}")
+        raise ValueError(
+            f"w_out must have shape ({d_in}, D_out) and b_out (D_out,), got {wo} and {bo}"
+        )
 
 
 def _lstm_layer(layer, us):

@@ -67,7 +67,9 @@ def check_baseline(x: Array, baseline) -> Array:
         return jnp.zeros((), x.dtype)
     b = jnp.asarray(baseline, dtype=x.dtype)
     if b.shape not in ((), x.shape):
-        raise ValueError(f"baseline must be a scalar or have the shape of x {x.shape}, got shape {b.shape}")
+        raise ValueError(
+            f"baseline must be a scalar or have the shape of x {x.shape}, got shape {b.shape}"
+        )
     return b
 
 

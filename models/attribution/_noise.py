@@ -7,7 +7,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from .._checks import check_int
-from ._misc import DEFAULT_CHUNK, ScalarFn, as_float, check_nonnegative, check_scalar_fn, chunked_reduce, normal_noise
+from ._misc import (
+    DEFAULT_CHUNK,
+    ScalarFn,
+    as_float,
+    check_nonnegative,
+    check_scalar_fn,
+    chunked_reduce,
+    normal_noise,
+)
 
 
 def _sum_noise_grads(fn, x, eps, sigma, shift, chunk_size, *, squares: bool):
@@ -38,14 +46,19 @@ def smoothgrad(
     sigma: float = 0.1,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Float[Array, "*shape"]:
-    r"""SmoothGrad (Smilkov et al. 2017): `(1/n) sum_k grad fn(x + eps_k)`, `eps_k ~ N(0, sigma^2 I)`.
+    r"""SmoothGrad (Smilkov et al. 2017): `(1/n) sum_k grad fn(x + eps_k)`,
+    `eps_k ~ N(0, sigma^2 I)`.
 
     `sigma` is an absolute standard deviation in the units of `x` (Captum's
     `stdevs`), not a fraction of the input range. `sigma = 0` gives `saliency`.
     """
     x, n, chunk_size = _check_noise_args(fn, x, n, sigma, chunk_size)
     eps = normal_noise(key, n, x)
-    run = jax.jit(lambda x, eps, sigma: _sum_noise_grads(fn, x, eps, sigma, 0.0, chunk_size, squares=False) / n)
+    run = jax.jit(
+        lambda x, eps, sigma: (
+            _sum_noise_grads(fn, x, eps, sigma, 0.0, chunk_size, squares=False) / n
+        )
+    )
     return run(x, eps, sigma)
 
 
@@ -58,7 +71,8 @@ def vargrad(
     sigma: float = 0.1,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> Float[Array, "*shape"]:
-    r"""VarGrad (Adebayo et al. 2018): the elementwise variance of `grad fn(x + eps_k)` over the noise.
+    r"""VarGrad (Adebayo et al. 2018): the elementwise variance of `grad fn(x + eps_k)` over the
+    noise.
 
     `Var_k[g_k] = (1/n) sum_k (g_k - s)^2 - ((1/n) sum_k (g_k - s))^2` with
     `eps_k ~ N(0, sigma^2 I)`: the population variance (`1/n`, as Captum),

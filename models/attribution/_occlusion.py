@@ -8,7 +8,14 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import check_int
-from ._misc import DEFAULT_CHUNK, ScalarFn, as_float, broadcast_like, check_scalar_fn, chunked_reduce
+from ._misc import (
+    DEFAULT_CHUNK,
+    ScalarFn,
+    as_float,
+    broadcast_like,
+    check_scalar_fn,
+    chunked_reduce,
+)
 
 
 def _window_starts(length: int, window: int, stride: int) -> np.ndarray:
@@ -57,7 +64,9 @@ def occlusion(
         if np.broadcast_shapes(b.shape, x.shape) != x.shape:
             raise ValueError
     except ValueError:
-        raise ValueError(f"baseline must broadcast to the shape of x {x.shape}, got shape {b.shape}") from None
+        raise ValueError(
+            f"baseline must broadcast to the shape of x {x.shape}, got shape {b.shape}"
+        ) from None
 
     starts = _window_starts(T, window, stride)
     counts = np.zeros(T)

@@ -67,7 +67,9 @@ def dissect(
     for name, m in concepts.items():
         m = np.asarray(m)
         if m.shape != (n,):
-            raise ValueError(f"concept {name!r} must be a mask of shape ({n},), got shape {m.shape}")
+            raise ValueError(
+                f"concept {name!r} must be a mask of shape ({n},), got shape {m.shape}"
+            )
         if m.dtype != bool:
             if not np.all((m == 0) | (m == 1)):
                 raise ValueError(f"concept {name!r} must be boolean (or 0/1)")
@@ -80,7 +82,9 @@ def dissect(
         quantile = 0.99 if n >= 1000 else 0.9
     if isinstance(quantile, str):
         if quantile != "matched":
-            raise ValueError(f"quantile must be a number in (0, 1), None or 'matched', got {quantile!r}")
+            raise ValueError(
+                f"quantile must be a number in (0, 1), None or 'matched', got {quantile!r}"
+            )
         thr_uc = np.empty((h, len(names)))
         for j, cs in enumerate(csize):
             q = 1.0 - cs / n

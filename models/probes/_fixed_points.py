@@ -34,9 +34,20 @@ class AutonomousMap(NamedTuple):
 
 
 def _check_lstm(lstm) -> None:
-    for attr in ("cell", "normalise", "denormalise", "run", "init_state", "state_dim", "hidden", "layers"):
+    for attr in (
+        "cell",
+        "normalise",
+        "denormalise",
+        "run",
+        "init_state",
+        "state_dim",
+        "hidden",
+        "layers",
+    ):
         if not hasattr(lstm, attr):
-            raise ValueError(f"lstm must be a models.LSTM (missing `{attr}`), got {type(lstm).__name__}")
+            raise ValueError(
+                f"lstm must be a models.LSTM (missing `{attr}`), got {type(lstm).__name__}"
+            )
 
 
 def lstm_autonomous_map(lstm: nnx.Module) -> AutonomousMap:
@@ -54,8 +65,8 @@ def lstm_autonomous_map(lstm: nnx.Module) -> AutonomousMap:
 def _unpack(x, dims):
     d, hd, nl = dims
     st = []
-    for l in range(nl):
-        o = d + 2 * l * hd
+    for layer in range(nl):
+        o = d + 2 * layer * hd
         st.append((x[o : o + hd], x[o + hd : o + 2 * hd]))
     return x[:d], st
 
@@ -98,7 +109,10 @@ def _autonomous_map(lstm):
     if jax.config.jax_enable_x64:
         dtype = jnp.float64
         params = jax.tree.map(
-            lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, params
+            lambda a: (
+                jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+            ),
+            params,
         )
     else:
         dtype = lstm.w_out[...].dtype
@@ -113,7 +127,11 @@ def _autonomous_map(lstm):
         return _visited(graphdef, dims, params, jnp.asarray(context, dtype), int(n_steps))
 
     amap = AutonomousMap(
-        step=step, jacobian=jacobian, pack=_pack, unpack=functools.partial(_unpack, dims=dims), dim=dim
+        step=step,
+        jacobian=jacobian,
+        pack=_pack,
+        unpack=functools.partial(_unpack, dims=dims),
+        dim=dim,
     )
     return amap, run, dtype
 
@@ -145,7 +163,8 @@ class FixedPoints(NamedTuple):
 
 
 def eigen_frequencies(
-    eigenvalues: Inexact[ArrayLike, "*shape"], dt: float  # real or complex eigenvalues
+    eigenvalues: Inexact[ArrayLike, "*shape"],
+    dt: float,  # real or complex eigenvalues
 ) -> tuple[Float[np.ndarray, "*shape"], Float[np.ndarray, "*shape"]]:
     r"""Angular frequencies `omega = |angle(lambda)| / dt` and decay rates `log|lambda| / dt`
     of the eigenvalues `lambda` of a map that advances time by `dt`
@@ -222,19 +241,25 @@ def lstm_fixed_points(
     if starts is not None:
         x0s = as_matrix("starts", starts)
         if x0s.shape[1] != dim:
-            raise ValueError(f"starts must have shape (S, {dim}) (z, then (h, c) per layer), got {x0s.shape}")
+            raise ValueError(
+                f"starts must have shape (S, {dim}) (z, then (h, c) per layer), got {x0s.shape}"
+            )
     else:
         n_starts = check_int("n_starts", n_starts, minimum=1)
         if context is not None:
             n_forecast = check_int("n_forecast", n_forecast, minimum=1)
             ctx = jnp.asarray(context)
             if ctx.ndim != 2 or ctx.shape[1] != d or ctx.shape[0] < 1:
-                raise ValueError(f"context must have shape (C, {d}) with C >= 1, got {tuple(ctx.shape)}")
+                raise ValueError(
+                    f"context must have shape (C, {d}) with C >= 1, got {tuple(ctx.shape)}"
+                )
             visited = np.asarray(run(ctx, n_forecast), dtype=np.float64)
             if not np.all(np.isfinite(visited)):
                 visited = visited[np.all(np.isfinite(visited), axis=1)]
             if visited.shape[0] == 0:
-                raise ValueError("the forecast from context diverged: no finite states to start from")
+                raise ValueError(
+                    "the forecast from context diverged: no finite states to start from"
+                )
             idx = rng.choice(visited.shape[0], size=n_starts, replace=visited.shape[0] < n_starts)
             x0s = visited[idx]
         else:
@@ -276,14 +301,18 @@ def lstm_fixed_points(
     m = len(kept)
     points = np.array([x for _, x in kept]).reshape(m, dim)
     residuals = np.array([r for r, _ in kept])
-    jacs = np.array([np.asarray(amap.jacobian(x), dtype=np.float64) for x in points]).reshape(m, dim, dim)
+    jacs = np.array([np.asarray(amap.jacobian(x), dtype=np.float64) for x in points]).reshape(
+        m, dim, dim
+    )
     eigs = np.empty((m, dim), dtype=np.complex128)
     for i in range(m):
         lam = np.linalg.eigvals(jacs[i])
         eigs[i] = lam[np.argsort(-np.abs(lam), kind="stable")]
     freqs, decay = eigen_frequencies(eigs, dt)
     states = (
-        np.asarray(lstm.denormalise(jnp.asarray(points[:, :d])), dtype=np.float64) if m else np.empty((0, d))
+        np.asarray(lstm.denormalise(jnp.asarray(points[:, :d])), dtype=np.float64)
+        if m
+        else np.empty((0, d))
     )
     return FixedPoints(
         points=points,

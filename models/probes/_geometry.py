@@ -39,14 +39,18 @@ def pca_fit(h: Float[ArrayLike, "N H"], *, n_components: int | None = None) -> P
     var = s**2 / (n - 1)
     total = var.sum()
     ratio = var / total if total > 0 else np.zeros_like(var)
-    return PCA(mean=mu, components=vt[:k], explained_variance=var[:k], explained_variance_ratio=ratio[:k])
+    return PCA(
+        mean=mu, components=vt[:k], explained_variance=var[:k], explained_variance_ratio=ratio[:k]
+    )
 
 
 def pca_transform(pca: PCA, h: Float[ArrayLike, "N H"]) -> Float[np.ndarray, "N k"]:
     """Coordinates `(h - mean) V_k^T` of states in the principal subspace."""
     x = as_matrix("h", h)
     if x.shape[1] != pca.mean.shape[0]:
-        raise ValueError(f"h must have {pca.mean.shape[0]} columns like the fitted states, got {x.shape}")
+        raise ValueError(
+            f"h must have {pca.mean.shape[0]} columns like the fitted states, got {x.shape}"
+        )
     return (x - pca.mean) @ pca.components.T
 
 
@@ -107,11 +111,15 @@ def manifold_departure(
     x_out = as_matrix("h_beyond", h_beyond)
     if x_out.shape[1] != x_in.shape[1]:
         raise ValueError(
-            f"h_inside and h_beyond must have the same number of units, got {x_in.shape[1]} and {x_out.shape[1]}"
+            "h_inside and h_beyond must have the same number of units, "
+            f"got {x_in.shape[1]} and {x_out.shape[1]}"
         )
     k = check_int("n_components", n_components, minimum=1)
     if k >= x_in.shape[1]:
-        raise ValueError(f"n_components must be < H = {x_in.shape[1]} (the full space leaves no residual), got {k}")
+        raise ValueError(
+            f"n_components must be < H = {x_in.shape[1]} (the full space leaves no residual), "
+            f"got {k}"
+        )
     if not 0 < float(holdout) < 1:
         raise ValueError(f"holdout must be in (0, 1), got {holdout!r}")
     n = x_in.shape[0]

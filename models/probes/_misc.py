@@ -25,7 +25,8 @@ def as_matrix(name: str, x, *, n_rows: int | None = None) -> np.ndarray:
 
 
 def numpy_rng(key) -> np.random.Generator:
-    """A NumPy generator seeded from a JAX PRNG key (new- or old-style), an int, or `None` (seed 0)."""
+    """A NumPy generator seeded from a JAX PRNG key (new- or old-style), an int, or `None`
+    (seed 0)."""
     if key is None:
         return np.random.default_rng(0)
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -33,7 +34,9 @@ def numpy_rng(key) -> np.random.Generator:
     try:
         k = jnp.asarray(key)
     except TypeError as e:
-        raise ValueError(f"key must be a JAX PRNG key or an integer seed, got {type(key).__name__}") from e
+        raise ValueError(
+            f"key must be a JAX PRNG key or an integer seed, got {type(key).__name__}"
+        ) from e
     if jnp.issubdtype(k.dtype, jax.dtypes.prng_key):
         k = jax.random.key_data(k)
     if not jnp.issubdtype(k.dtype, jnp.integer):

@@ -33,7 +33,8 @@ def _target(name: str, y, n_rows: int) -> tuple[np.ndarray, bool]:
         raise ValueError(f"{name} must have shape (N,) or (N, k), got shape {np.shape(y)}")
     if a.shape[0] != n_rows:
         raise ValueError(
-            f"{name} has {a.shape[0]} samples but hidden has {n_rows}: they must be paired row by row"
+            f"{name} has {a.shape[0]} samples but hidden has {n_rows}: "
+            "they must be paired row by row"
         )
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} contains NaN or infinite values")
@@ -81,7 +82,8 @@ def _assign_folds(n: int, n_folds: int, rng: np.random.Generator, groups) -> np.
     labels, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
     if labels.size < n_folds:
         raise ValueError(
-            f"need at least n_folds={n_folds} distinct groups for grouped cross-validation, got {labels.size}"
+            f"need at least n_folds={n_folds} distinct groups for grouped cross-validation, "
+            f"got {labels.size}"
         )
     sizes = np.zeros(n_folds, dtype=np.int64)
     of_group = np.empty(labels.size, dtype=np.int64)
@@ -128,13 +130,16 @@ def _ridge_predict_all(x_train, y_train, x_test, alphas) -> np.ndarray:
 
 
 def _choose_alpha(x, y, alphas, n_inner, rng, groups) -> np.ndarray:
-    """Per target column, the penalty of smallest pooled inner-CV squared error (ties: the larger)."""
+    """Per target column, the penalty of smallest pooled inner-CV squared error (ties: the
+    larger)."""
     if len(alphas) == 1:
         return np.full(y.shape[1], alphas[0])
     n_groups = x.shape[0] if groups is None else np.unique(groups).size
     n_inner = min(n_inner, n_groups)
     if n_inner < 2:
-        raise ValueError("too few samples (or groups) in a training fold for the inner cross-validation")
+        raise ValueError(
+            "too few samples (or groups) in a training fold for the inner cross-validation"
+        )
     folds = _assign_folds(x.shape[0], n_inner, rng, groups)
     sse = np.zeros((len(alphas), y.shape[1]))
     for f in range(n_inner):
@@ -218,14 +223,18 @@ def ridge_probe(
         te = folds == f
         tr = ~te
         if tr.sum() < 2:
-            raise ValueError(f"fold {f} leaves fewer than 2 training samples; use fewer folds or more data")
+            raise ValueError(
+                f"fold {f} leaves fewer than 2 training samples; use fewer folds or more data"
+            )
         a = _choose_alpha(x[tr], y[tr], grid, n_folds, rng, None if g is None else g[tr])
         alphas[f] = a
         uniq, which = np.unique(a, return_inverse=True)
         p_all = _ridge_predict_all(x[tr], y[tr], x[te], uniq)  # (A, n_test, k)
         pred[te] = p_all[which, :, np.arange(y.shape[1])].T
     r2 = _r2(y, pred)
-    return ProbeResult(r2=r2, r2_mean=float(np.mean(r2)), alphas=alphas, predictions=pred, folds=folds)
+    return ProbeResult(
+        r2=r2, r2_mean=float(np.mean(r2)), alphas=alphas, predictions=pred, folds=folds
+    )
 
 
 class ControlledProbe(NamedTuple):
@@ -300,7 +309,11 @@ def probe_report(
     if not isinstance(targets, Mapping) or not targets:
         raise ValueError("targets must be a non-empty mapping name -> array (N,) or (N, k)")
     x = as_matrix("hidden", hidden)
-    xc = None if control_hidden is None else as_matrix("control_hidden", control_hidden, n_rows=x.shape[0])
+    xc = (
+        None
+        if control_hidden is None
+        else as_matrix("control_hidden", control_hidden, n_rows=x.shape[0])
+    )
     rows = []
     for name, y in targets.items():
         yy, _ = _target(f"targets[{name!r}]", y, x.shape[0])
@@ -308,7 +321,13 @@ def probe_report(
         r2 = ridge_probe(x, yy, **kw).r2_mean
         c = np.nan if xc is None else ridge_probe(xc, yy, **kw).r2_mean
         rows.append(
-            {"quantity": str(name), "r2": r2, "control_r2": c, "selectivity": r2 - c, "n_components": yy.shape[1]}
+            {
+                "quantity": str(name),
+                "r2": r2,
+                "control_r2": c,
+                "selectivity": r2 - c,
+                "n_components": yy.shape[1],
+            }
         )
     return rows
 
@@ -330,11 +349,18 @@ def random_features_control(
     """
     for attr in ("hidden_states", "state_dim", "hidden", "layers"):
         if not hasattr(model, attr):
-            raise ValueError(f"model must be an LSTM-like module with `{attr}`, got {type(model).__name__}")
+            raise ValueError(
+                f"model must be an LSTM-like module with `{attr}`, got {type(model).__name__}"
+            )
     xs = jnp.asarray(xs)
     if xs.ndim not in (2, 3) or xs.shape[-1] != model.state_dim:
-        raise ValueError(f"xs must have shape (T, {model.state_dim}) or (B, T, {model.state_dim}), got {xs.shape}")
-    fresh = type(model)(model.state_dim, hidden=model.hidden, layers=model.layers, rngs=nnx.Rngs(_jax_key(key)))
+        raise ValueError(
+            f"xs must have shape (T, {model.state_dim}) or (B, T, {model.state_dim}), "
+            f"got {xs.shape}"
+        )
+    fresh = type(model)(
+        model.state_dim, hidden=model.hidden, layers=model.layers, rngs=nnx.Rngs(_jax_key(key))
+    )
     fresh.mean.set_value(jnp.asarray(model.mean.get_value()))
     fresh.std.set_value(jnp.asarray(model.std.get_value()))
     fresh.dt = model.dt

@@ -14,7 +14,6 @@ import dynamics
 from .._checks import check_int
 from ._misc import as_matrix
 
-
 #: The observables (`system.observables`) that are probe targets in their own right; the others
 #: (e.g. the clocks' phase differences) are functions of the phases probed per oscillator.
 _OBSERVABLE_TARGETS = ("energy", "order_parameter")
@@ -23,7 +22,8 @@ _OBSERVABLE_TARGETS = ("energy", "order_parameter")
 class _Coords(NamedTuple):
     q: np.ndarray  # (N, n): the coordinate of each oscillator (its phase if first order)
     p: np.ndarray | None  # (N, n): the velocities; None for a first-order state
-    phase: np.ndarray | None  # (N, n), in (-pi, pi]; None for a first-order state that is not an angle
+    # (N, n), in (-pi, pi]; None for a first-order state that is not an angle
+    phase: np.ndarray | None
     angles: bool  # whether q are angles
     extra: dict[str, np.ndarray]  # the coordinates that belong to no oscillator, by name
     observables: dict[str, np.ndarray]  # those of _OBSERVABLE_TARGETS the system has
@@ -36,29 +36,41 @@ def _coords(system: dynamics.AbstractSystem, states) -> _Coords:
         raise ValueError(f"system must be a dynamics.AbstractSystem, got {type(system).__name__}")
     y = as_matrix("states", states)
     if y.shape[1] != system.state_dim:
-        raise ValueError(f"states must have shape (N, {system.state_dim}) for {type(system).__name__}, got {y.shape}")
+        raise ValueError(
+            f"states must have shape (N, {system.state_dim}) for {type(system).__name__}, "
+            f"got {y.shape}"
+        )
     n = system.n_oscillators
     yj = jnp.asarray(y)  # the system's methods take JAX arrays
     try:
         q, p, extras = system.split_state(yj)
         omega = None if p is None else np.asarray(system.natural_frequencies(), dtype=np.float64)
     except NotImplementedError as e:
-        raise ValueError(f"cannot split the state of {type(system).__name__} into oscillators: {e}") from e
+        raise ValueError(
+            f"cannot split the state of {type(system).__name__} into oscillators: {e}"
+        ) from e
     q = np.asarray(q, dtype=np.float64)
     if q.shape != (y.shape[0], n):
-        raise ValueError(f"{type(system).__name__}.split_state gave q of shape {q.shape}, expected {(y.shape[0], n)}")
+        raise ValueError(
+            f"{type(system).__name__}.split_state gave q of shape {q.shape}, "
+            f"expected {(y.shape[0], n)}"
+        )
     extra = {str(k): np.asarray(v, dtype=np.float64) for k, v in extras.items()}
     obs = system.observables(yj)
     obs = {k: np.asarray(obs[k], dtype=np.float64) for k in _OBSERVABLE_TARGETS if k in obs}
-    if p is None:  # first order: the state of each oscillator is one coordinate (Kuramoto: its phase)
+    if p is None:
+        # first order: the state of each oscillator is one coordinate (Kuramoto: its phase)
         phase = np.angle(np.exp(1j * q)) if system.angular else None
         return _Coords(q, None, phase, system.angular, extra, obs)
     p = np.asarray(p, dtype=np.float64)
     if p.shape != q.shape:
-        raise ValueError(f"{type(system).__name__}.split_state gave p of shape {p.shape}, expected {q.shape}")
+        raise ValueError(
+            f"{type(system).__name__}.split_state gave p of shape {p.shape}, expected {q.shape}"
+        )
     if omega.shape != (n,):
         raise ValueError(
-            f"{type(system).__name__}.natural_frequencies() must have shape ({n},), got {omega.shape}"
+            f"{type(system).__name__}.natural_frequencies() must have shape ({n},), "
+            f"got {omega.shape}"
         )
     omega = np.where(np.isfinite(omega) & (omega > 0), omega, 1.0)
     return _Coords(q, p, np.arctan2(-p / omega, q), system.angular, extra, obs)
@@ -104,7 +116,9 @@ def physical_targets(
     n = c.q.shape[1]
     if c.phase is not None:
         for i in range(n):
-            out[f"phase_{i + 1}"] = np.stack([np.cos(c.phase[:, i]), np.sin(c.phase[:, i])], axis=-1)
+            out[f"phase_{i + 1}"] = np.stack(
+                [np.cos(c.phase[:, i]), np.sin(c.phase[:, i])], axis=-1
+            )
     if c.p is not None:
         for i in range(n):
             out[f"q_{i + 1}"] = c.q[:, i].copy()
