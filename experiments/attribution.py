@@ -66,10 +66,10 @@ def _forecast_attributions(model, context, horizons, *, ig_steps: int = 16):
     alphas, weights = quadrature("gausslegendre", ig_steps)
     dt = context.dtype
     along = jax.lax.map(lambda a: jac(a * context), jnp.asarray(alphas, dt))  # the path's nodes
-    ig = jnp.tensordot(jnp.asarray(weights, dt), along, axes=1) * context
+    ig = jnp.tensordot(jnp.asarray(weights, dt), along, axes=1) * context[None, None]
     return full, {
         "saliency": full.sum(2),
-        "gradient_x_input": (full * context).sum(2),
+        "gradient_x_input": (full * context[None, None]).sum(2),
         "integrated_gradients": ig.sum(2),
     }
 

@@ -299,6 +299,8 @@ def _linear_coupling(system) -> np.ndarray | None:
 def score(model, ds, preset: Preset) -> tuple[dict, dict]:
     """Forecasts `test` and `test_ood` from their first `C` states; returns the metrics and the
     arrays the figures are drawn from."""
+    import jax.numpy as jnp
+
     import models
 
     system, C = ds.system, preset.context
@@ -324,7 +326,8 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
             metrics.valid_prediction_time(pred, true[:, C:], ts[C:], ts[C - 1]) / ds.t_train
         )
         arrays.update(ts_forecast=t_f, sample_pred=pred[:_N_SAMPLE], sample_true=true[:_N_SAMPLE])
-        obs_pred, obs_true = system.observables(pred), system.observables(true)
+        obs_pred = system.observables(jnp.asarray(pred))
+        obs_true = system.observables(jnp.asarray(true))
         if system.conservative and "energy" in obs_pred:
             drift = metrics.energy_drift_curve(
                 np.asarray(obs_pred["energy"]), np.asarray(obs_true["energy"])[:, 0]

@@ -59,7 +59,12 @@ def check_state_dim(state_dim: int, *, even: bool = False, who: str = "model") -
 
 
 def integrate(
-    field: Callable, y0: Float[Array, " d"], n_steps: int, dt: float, *, substeps: int = 1
+    field: Callable,
+    y0: Float[Array, " d"],
+    n_steps: int,
+    dt: float | Float[Array, ""],
+    *,
+    substeps: int = 1,
 ) -> Float[Array, "n_steps d"]:
     """Integrates `y' = field(y)` from `y0` with the classical fourth-order Runge-Kutta method
     on a fixed grid (`substeps` steps per `dt`); returns the states at `dt, ..., n_steps dt`.

@@ -81,13 +81,14 @@ class TrainConfig:
     **Raises:** `ValueError` naming the field and the value for a bad value.
     """
 
-    steps: int
-    batch_size: int = 32
-    lr: float = 1e-3
-    eval_every: int = 100
-    patience: int | None = None
-    grad_clip: float = 1.0
-    warmup: int | None = None
+    # NumPy scalars are accepted and stored as plain Python numbers
+    steps: int | np.integer
+    batch_size: int | np.integer = 32
+    lr: float | np.floating = 1e-3
+    eval_every: int | np.integer = 100
+    patience: int | np.integer | None = None
+    grad_clip: float | np.floating = 1.0
+    warmup: int | np.integer | None = None
     precision: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self):

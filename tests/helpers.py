@@ -64,7 +64,7 @@ class ClocksOnAShelf(dynamics.AbstractSystem):
     def vector_field(self, t, y):
         n = self.n_oscillators
         q, s, p = y[:n], y[n], y[n + 1 :]
-        acc = -(self.omega**2) * q - self._laplacian() @ q
+        acc = -(self.omega**2) * q - self._laplacian() @ q  # q is one state here
         return jnp.concatenate([p, (-s)[None], acc])
 
     def coupling_graph(self):
@@ -87,7 +87,7 @@ class ClocksOnAShelf(dynamics.AbstractSystem):
         p = (
             jax.random.uniform(kp, (n, self.n_oscillators), minval=-0.5, maxval=0.5)
             * scale
-            * self.omega
+            * self.omega[None, :]
         )
         return jnp.concatenate([q, jnp.full((n, 1), 0.3 * scale), p], axis=-1)
 

@@ -11,6 +11,7 @@ import subprocess
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pytest
 from helpers import ROOT, SUBPROCESS_TIMEOUT, study_command, subprocess_env
@@ -515,7 +516,8 @@ def test_the_readme_example_of_a_users_system_model_and_preset_runs(tmp_path):
         width=8,
         window=5,
     )
-    rows = extrapolation.run(preset, Output(tmp_path), progress=False)
+    with jax.numpy_rank_promotion("allow"):  # a user's code runs with JAX's default settings
+        rows = extrapolation.run(preset, Output(tmp_path), progress=False)
     assert [(r["model"], r["status"]) for r in rows] == [
         ("OscillatorModel(k=3)", "ok"),
         ("MyODE", "ok"),

@@ -329,10 +329,11 @@ def test_sharded_ensemble_equals_single_device(ensembles):
     assert not np.allclose(out_kernel(sharded[0]), out_kernel(sharded[2]))
 
 
-def test_fit_ensemble_refuses_bad_input(ds):
+def test_fit_ensemble_refuses_bad_input(ds, unchecked):
     with pytest.raises(ValueError, match="keys"):
         m.fit_ensemble(make_model, ds, keys=[], steps=10)
-    with pytest.raises(ValueError, match="strategy"):
+    # a strategy outside the annotated Literal, on purpose
+    with pytest.raises(ValueError, match="strategy"), unchecked():
         m.fit_ensemble(
             make_model, ds, keys=[jax.random.key(0)], steps=10, strategy="pmap", progress=False
         )
@@ -350,18 +351,18 @@ NO_OPT_FIELDS = {k: v for k, v in FIT.items() if k not in ("lr",)}
     "field, value",
     [
         ("steps", 0),
-        ("steps", 2.5),
+        pytest.param("steps", 2.5, marks=pytest.mark.ill_typed),  # a wrong type
         ("steps", True),
         ("batch_size", -1),
         ("lr", 0.0),
         ("lr", float("nan")),
-        ("lr", "0.1"),
+        pytest.param("lr", "0.1", marks=pytest.mark.ill_typed),  # a wrong type
         ("eval_every", 0),
         ("patience", 0),
         ("grad_clip", 0.0),
         ("grad_clip", float("nan")),
         ("warmup", -1),
-        ("precision", "float16"),
+        pytest.param("precision", "float16", marks=pytest.mark.ill_typed),  # a wrong type
     ],
 )
 def test_train_config_rejects_bad_values(field, value):
