@@ -281,8 +281,9 @@ def run_one(
 
 
 def _linear_coupling(system) -> np.ndarray | None:
-    """The true linear coupling at rest, `kappa_ij = -d p_i' / d q_j` (i != j) in the system's
-    declared layout; None for first-order systems."""
+    """The true linear coupling at rest in the system's declared layout: with the force
+    `-kappa_ij (q_i - q_j)` on oscillator `i`, `kappa_ij = d p_i' / d q_j` (i != j) at `y = 0`;
+    None for first-order systems."""
     import jax
     import jax.numpy as jnp
 
@@ -291,7 +292,7 @@ def _linear_coupling(system) -> np.ndarray | None:
     groups = system.oscillator_groups()
     jac = np.asarray(jax.jacfwd(lambda y: system.vector_field(0.0, y))(jnp.zeros(system.state_dim)))
     q_idx, p_idx = [g[0] for g in groups], [g[1] for g in groups]
-    k = -jac[np.ix_(p_idx, q_idx)]
+    k = jac[np.ix_(p_idx, q_idx)].copy()
     np.fill_diagonal(k, 0.0)
     return k
 

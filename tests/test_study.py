@@ -524,3 +524,20 @@ def test_the_readme_example_of_a_users_system_model_and_preset_runs(tmp_path):
     ]
     system = preset.systems[0].build()
     assert system.conservative and system.natural_frequencies().shape == (3,)
+
+
+def test_the_true_linear_coupling_is_read_off_the_declared_layout():
+    """The learned-parameter figure compares the structured model's coupling with this."""
+    from experiments.presets import HUYGENS2, KURAMOTO8, PENDULUMS4
+
+    pendulums = PENDULUMS4.build()
+    np.testing.assert_allclose(
+        extrapolation._linear_coupling(pendulums), pendulums.coupling, atol=1e-12
+    )
+    huygens = HUYGENS2.build()
+    clocks = extrapolation._linear_coupling(huygens)
+    # through the beam's inertia, at rest: d theta_i'' / d theta_j = -m omega_j^2 / (1 - m n)
+    m, om = float(huygens.mass_ratio), np.asarray(huygens.omega)
+    expected = -m * om[None, :] ** 2 / (1 - m * 2) * (1 - np.eye(2))
+    np.testing.assert_allclose(clocks, expected, rtol=1e-10)
+    assert extrapolation._linear_coupling(KURAMOTO8.build()) is None
