@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import uuid
 import zipfile
 from importlib import metadata as _md
 from pathlib import Path
@@ -98,7 +100,9 @@ class Dataset:
         arrays = {k: np.ascontiguousarray(a) for k, a in self._arrays().items()}
         meta["checksum"] = _checksum(arrays, meta)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        # a name of its own: concurrent writers of the same dataset (several processes of one
+        # study) must not rename each other's temporary file away
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, metadata=np.array(json.dumps(meta, sort_keys=True)), **arrays)
         tmp.replace(path)

@@ -59,16 +59,24 @@ def environment() -> dict:
     }
 
 
+def temporary_name(path: Path, suffix: str = ".tmp") -> Path:
+    """A temporary file beside `path`, unique to this process and call: concurrent writers of
+    the same file (the processes of a multi-host study) never rename each other's file away."""
+    import uuid
+
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+
+
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))
     tmp.replace(path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_name(path)
     tmp.write_text(text)
     tmp.replace(path)
 

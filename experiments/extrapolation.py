@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from ._runtime import environment, setup_jax, write_csv_atomic, write_json_atomic, write_text_atomic
+from ._runtime import (
+    environment,
+    setup_jax,
+    temporary_name,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .presets import Preset, cli
 from .runs import Output, RunKey, data_config
 from .specs import ModelSpec, SystemSpec, config_hash, jsonable
@@ -156,7 +163,7 @@ def save_model(model, path: Path) -> None:
     from flax import nnx
 
     leaves = jax.tree.leaves(nnx.state(model))
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = temporary_name(path, ".tmp.npz")
     np.savez(tmp, dt=np.asarray(model.dt), **{f"v{i}": np.asarray(x) for i, x in enumerate(leaves)})
     tmp.replace(path)
 
@@ -193,7 +200,7 @@ def load_model(
 
 
 def _write_arrays(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = temporary_name(path, ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
 
