@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -281,8 +282,6 @@ def run_one(
         row.update(status="failed", reason=f"{type(e).__name__}: {e}")
         traceback.print_exc()
     write_json_atomic(output.run_file(key, "result.json"), row)
-    import shutil
-
     shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: the result is the record
     return row
 

@@ -130,9 +130,8 @@ class Preset:
         def fail(msg):
             raise ValueError(f"preset {self.name!r}: {msg}")
 
-        for f in ("n_val",):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
-                fail(f"{f} must be an integer >= 0, got {getattr(self, f)!r}")
+        if not isinstance(self.n_val, int) or self.n_val < 0:
+            fail(f"n_val must be an integer >= 0, got {self.n_val!r}")
         for f in (
             "n_test",
             "context",
