@@ -221,6 +221,7 @@ def make_dataset(
     t_train: float,
     t_end: float,
     noise: float = 0.0,
+    relative_noise: float = 0.0,
     ood_scale: float = 2.0,
     rtol: float = 1e-8,
     atol: float = 1e-8,
@@ -231,8 +232,11 @@ def make_dataset(
     Initial states come from `system.sample_initial_states` (scale 1 for
     `train`, `val`, `test`; `ood_scale` for `test_ood`). `noise` is the
     standard deviation of independent Gaussian noise added to every coordinate
-    of `train` and `val` (absolute, as in the HNN paper); `test` and
-    `test_ood` are clean.
+    of `train` and `val` (absolute, as in the HNN paper); `relative_noise`
+    adds noise whose standard deviation is that fraction of each coordinate's
+    standard deviation over the clean training trajectories (the study's
+    observation noise: `relative_noise=0.01` is 1% of each coordinate's
+    spread). `test` and `test_ood` are clean.
     """
     if not isinstance(system, AbstractSystem):
         raise ValueError(f"system must be a dynamics system, got {type(system).__name__}")
@@ -242,6 +246,7 @@ def make_dataset(
     # validated, then kept as Python floats (float32 would spoil `t_train / dt`)
     v.scalar("dt", dt, positive=True), v.scalar("t_train", t_train, positive=True)
     v.scalar("t_end", t_end, positive=True), v.scalar("noise", noise, nonnegative=True)
+    v.scalar("relative_noise", relative_noise, nonnegative=True)
     v.scalar("ood_scale", ood_scale, positive=True)
     dt, t_train, t_end, noise, ood_scale = map(float, (dt, t_train, t_end, noise, ood_scale))
     if not t_end >= t_train:
@@ -261,10 +266,13 @@ def make_dataset(
     val = ys[n_train : n_train + n_val, : n_tr + 1]
     test = ys[n_train + n_val : n_train + n_val + n_test]
     test_ood = ys[n_train + n_val + n_test :]
-    if noise > 0:
+    relative_noise = float(relative_noise)
+    if noise > 0 or relative_noise > 0:
+        # per coordinate: the absolute part plus the relative part of the clean spread
+        sigma = noise + relative_noise * train.reshape(-1, train.shape[-1]).std(0)
         kt, kv = jax.random.split(k_noise)
-        train = train + noise * np.asarray(jax.random.normal(kt, train.shape, dtype=train.dtype))
-        val = val + noise * np.asarray(jax.random.normal(kv, val.shape, dtype=val.dtype))
+        train = train + sigma * np.asarray(jax.random.normal(kt, train.shape, dtype=train.dtype))
+        val = val + sigma * np.asarray(jax.random.normal(kv, val.shape, dtype=val.dtype))
     meta = dict(
         seed=np.asarray(jax.random.key_data(key)).ravel().tolist(),
         n_train=int(n_train),
@@ -272,6 +280,7 @@ def make_dataset(
         n_test=int(n_test),
         t_end=t_end,
         noise=noise,
+        relative_noise=relative_noise,
         ood_scale=ood_scale,
         rtol=rtol,
         atol=atol,

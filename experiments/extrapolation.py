@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import shutil
 import time
 import traceback
@@ -38,6 +39,7 @@ from ._runtime import (
 from .presets import Preset, cli
 from .runs import Output, RunKey, data_config
 from .specs import ModelSpec, SystemSpec, config_hash, jsonable
+from .training import train_model
 
 COLUMNS = (
     "system",
@@ -51,11 +53,16 @@ COLUMNS = (
     "vpt",
     "energy_drift",
     "sync_error",
+    "val_rollout_nmse",
+    "steps_run",
+    "converged",
     "train_seconds",
+    "compile_seconds",
     "n_params",
+    "choice",
     "reason",
 )
-_TEXT_COLUMNS = ("system", "model", "status", "reason")
+_TEXT_COLUMNS = ("system", "model", "status", "reason", "choice", "converged")
 _N_SAMPLE = 3  # trajectories whose forecasts are stored for the figures
 
 
@@ -101,7 +108,7 @@ def load_or_make_dataset(
         dt=preset.dt,
         t_train=preset.t_train,
         t_end=preset.t_end,
-        noise=preset.noise,
+        relative_noise=preset.noise,
         ood_scale=preset.ood_scale,
     )
     ds.metadata.update(study_config=cfg, study_config_hash=want)
@@ -182,14 +189,17 @@ def load_model(
     system = spec.build()
     key, _ = RunKey.of(spec, system, mspec, preset, seed=seed, n_train=n_train)
     path = output.run_file(key, "model.npz")
-    if output.stored_result(key, log=lambda *_: None) is None or not path.exists():
+    stored = output.stored_result(key, log=lambda *_: None)
+    if stored is None or not path.exists():
         raise FileNotFoundError(
             f"no trained model of {key.describe()} under the current configuration at {path}"
         )
     ds = load_or_make_dataset(
         spec, preset, seed=seed, n_train=n_train, output=output, system=system
     )
-    model = mspec.build(system, spec, preset, rngs=nnx.Rngs(seed))
+    # built as trained: with the learning rate and width chosen on val
+    chosen = dataclasses.replace(preset, **json.loads(stored.get("choice") or "{}"))
+    model = mspec.build(system, spec, chosen, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
     with np.load(path) as z:
@@ -218,8 +228,6 @@ def run_one(
     log=print,
 ) -> dict:
     """Trains and scores one run; returns its row (and stores its arrays and model)."""
-    import jax
-    from flax import nnx
 
     import models
 
@@ -252,28 +260,39 @@ def run_one(
         ds = load_or_make_dataset(
             spec, preset, seed=seed, n_train=n_train, output=output, system=system, log=log
         )
-        model = mspec.build(system, spec, preset, rngs=nnx.Rngs(seed))
-        row["n_params"] = n_params(model)
-        train = {
-            "steps": preset.steps,
-            "batch_size": preset.batch_size,
-            "lr": preset.lr,
-            "eval_every": preset.eval_every,
-            **mspec.train,
-        }
-        t0 = time.perf_counter()
-        model, history = models.fit(
-            model,
+        model, info = train_model(
+            spec,
+            mspec,
+            system,
+            preset,
             ds,
-            key=jax.random.key(1000 + seed),
-            progress=progress,
+            seed=seed,
             checkpoint_dir=output.run_file(key, "checkpoint"),
-            **train,
+            progress=progress,
+            log=log,
         )
-        row["train_seconds"] = time.perf_counter() - t0
+        res = info["result"]
+        row.update(
+            n_params=n_params(model),
+            choice=json.dumps(info["choice"], sort_keys=True),
+            val_rollout_nmse=res.val_rollout_nmse,
+            steps_run=res.steps_run,
+            converged=bool(res.converged),
+            train_seconds=res.train_seconds,
+            compile_seconds=res.compile_seconds,
+        )
         scores, arrays = score(model, ds, preset)
         row.update(scores)
-        write_json_atomic(output.run_file(key, "history.json"), history)
+        write_json_atomic(
+            output.run_file(key, "history.json"),
+            {
+                "choice": info["choice"],
+                "pilots": info["pilots"],
+                "recipe": info["recipe"],
+                "best_stage": res.best_stage,
+                "records": res.history,
+            },
+        )
         save_model(model, output.run_file(key, "model.npz"))
         _write_arrays(output.run_file(key, "arrays.npz"), arrays)
     except models.TrainingDiverged as e:

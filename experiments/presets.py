@@ -72,7 +72,8 @@ DOUBLE_PENDULUM = SystemSpec("DoublePendulum", dynamics.DoublePendulum, oscillat
 
 # --------------------------------------------------------------------------- models
 _ODE = {"width": "width", "window": "window"}
-LSTM = ModelSpec(models.LSTM, preset_kwargs={"hidden": "hidden"})
+#: a free rollout as long as the whole training window: the recipe's windows set its length
+LSTM = ModelSpec(models.LSTM, kwargs={"rollout": 200}, preset_kwargs={"hidden": "hidden"})
 NEURAL_ODE = ModelSpec(models.NeuralODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 SECOND_ORDER_NODE = ModelSpec(models.SecondOrderNODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 HNN = ModelSpec(models.HNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
@@ -101,16 +102,25 @@ class Preset:
     dt: float = 0.05
     t_train: float = 10.0
     t_end: float = 40.0
-    noise: float = 0.0
-    """standard deviation of the noise on train and val"""
+    noise: float = 0.01
+    """observation noise on train and val: its standard deviation as a fraction of each
+    coordinate's spread (standard deviation) over the clean training trajectories"""
     ood_scale: float = 2.0
     context: int = 20
     """observed states a forecast starts from"""
     steps: int = 1500
+    """each model's training budget: the steps of its recipe's first stage (the derivative
+    stage of the ODE models; see `models.recipes`), the later stages in proportion"""
     batch_size: int = 32
     lr: float = 3e-3
+    lr_grid: tuple[float, ...] = ()
+    """learning rates to choose from on val (empty: `lr` alone)"""
     width: int = 64
     """width of the ODE-type models' networks"""
+    width_grid: tuple[int, ...] = ()
+    """widths to choose from on val (empty: `width` alone)"""
+    pilot: float = 0.2
+    """the fraction of the recipe's budget that each candidate's pilot run gets"""
     hidden: int = 64
     """LSTM hidden size"""
     eval_every: int = 250
@@ -147,6 +157,12 @@ class Preset:
         ):
             if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
                 fail(f"{f} must be an integer >= 1, got {getattr(self, f)!r}")
+        if not (isinstance(self.pilot, float) and 0 < self.pilot <= 1):
+            fail(f"pilot must be a fraction in (0, 1], got {self.pilot!r}")
+        if any(not (isinstance(x, float) and math.isfinite(x) and x > 0) for x in self.lr_grid):
+            fail(f"lr_grid must hold finite learning rates > 0, got {self.lr_grid!r}")
+        if any(not isinstance(x, int) or x < 1 for x in self.width_grid):
+            fail(f"width_grid must hold positive integers, got {self.width_grid!r}")
         for f in ("dt", "t_train", "t_end", "lr", "ood_scale"):
             if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
                 fail(f"{f} must be finite and > 0, got {getattr(self, f)!r}")
@@ -238,8 +254,23 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
         systems=(PENDULUMS4,),
-        models=(LSTM, NEURAL_ODE, SECOND_ORDER_NODE, OSCILLATORS_N, OSCILLATORS_2, HNN),
+        models=(
+            LSTM,
+            NEURAL_ODE,
+            SECOND_ORDER_NODE,
+            OSCILLATORS_N,
+            OSCILLATORS_2,
+            HNN,
+            DISSIPATIVE_HNN,
+            LNN,
+        ),
         seeds=(0,),
+        steps=20000,
+        width=128,
+        lr_grid=(1e-3, 3e-3),
+        width_grid=(64, 128),
+        pilot=0.25,
+        eval_every=500,
     ),
     "full": Preset(
         name="full",

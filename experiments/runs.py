@@ -31,7 +31,16 @@ from .specs import ModelSpec, SystemSpec, config_hash
 #: preset settings that determine a dataset
 DATA_FIELDS = ("n_val", "n_test", "dt", "t_train", "t_end", "noise", "ood_scale")
 #: preset settings that determine training and scoring (besides the data and the model)
-RUN_FIELDS = ("steps", "batch_size", "lr", "eval_every", "context")
+RUN_FIELDS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "lr_grid",
+    "width_grid",
+    "pilot",
+    "eval_every",
+    "context",
+)
 
 
 def slug(label: str) -> str:

@@ -9,6 +9,13 @@ from .lnn import LNN as LNN
 from .lstm import LSTM as LSTM
 from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE
 from .oscillators import OscillatorModel as OscillatorModel
+from .recipes import (
+    Recipe as Recipe,
+    RecipeResult as RecipeResult,
+    Stage as Stage,
+    ode_recipe as ode_recipe,
+    rollout_recipe as rollout_recipe,
+)
 from .train import (
     TrainConfig as TrainConfig,
     TrainingDiverged as TrainingDiverged,

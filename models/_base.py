@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
-from ._common import Stats, data_stats, integrate, lift
+from ._common import Stats, data_stats, integrate, lift, savgol_derivative_weights
 
 
 class AbstractModel(nnx.Module):
@@ -42,6 +42,15 @@ class AbstractModel(nnx.Module):
     def window_length(self, n_train_steps: int) -> int:
         return min(n_train_steps, 10)
 
+    def recipe(self, n_train_steps: int, *, budget: int, **recipe_kwargs):
+        """How the study trains this model (a `models.recipes.Recipe`); `budget` is the
+        total of optimisation steps. The default: the model's own `loss` on its own
+        windows, stopped early on the validation rollout."""
+        from .recipes import Recipe, Stage
+
+        stage = Stage("own loss", None, self.window_length(n_train_steps), budget)
+        return Recipe(stages=(stage,), **recipe_kwargs)
+
     def _check_forecast(self, context, n_steps):
         if self.dt is None:
             raise ValueError(
@@ -68,14 +77,23 @@ class AbstractModel(nnx.Module):
 class ODEModel(AbstractModel):
     """A model whose forecast integrates a vector field `y' = field(y)`.
 
-    Objective (`objective="trajectory"`, the default): trajectory matching over
-    short windows (multiple shooting): from the first state of each
-    `window`-long window, integrate with Tsit5 on the data grid and take the
-    mean squared error over the window, each coordinate divided by its
-    standard deviation in the training data. Short windows avoid the known
-    collapse of long oscillatory rollouts to the mean. `objective="derivative"`
-    matches `field(y_t)` to the central difference `(y_{t+1} - y_{t-1}) / 2dt`
-    (the HNN paper's set-up, used by the reproductions).
+    Objectives (both public, so that a recipe can switch between them):
+
+    - `trajectory_loss(windows)` (`objective="trajectory"`, the default):
+      trajectory matching over windows (multiple shooting): from the first
+      state of each window, integrate on the data grid and take the mean
+      squared error over the window, each coordinate divided by its standard
+      deviation in the training data. Short windows avoid the known collapse
+      of long oscillatory rollouts to the mean; a curriculum lengthens them.
+    - `derivative_loss(windows)` (`objective="derivative"`): matches
+      `field(y_c)` at the centre of each odd-length window to the
+      Savitzky-Golay derivative of the window (`_common.savgol_derivative_weights`;
+      windows of 3 give the central difference `(y_{t+1} - y_{t-1}) / 2dt`,
+      the HNN paper's set-up, used by the reproductions; wider windows smooth
+      noisy observations).
+
+    `recipe(...)` (see `models.recipes`) is how the study trains these models:
+    a derivative stage, then trajectory stages of growing window length.
     """
 
     def __init__(
@@ -96,6 +114,13 @@ class ODEModel(AbstractModel):
     def window_length(self, n_train_steps: int) -> int:
         return 3 if self.objective == "derivative" else min(n_train_steps, self.window)
 
+    def recipe(self, n_train_steps: int, *, budget: int, **recipe_kwargs):
+        """`models.recipes.ode_recipe`: a derivative stage, then trajectory stages of growing
+        window length up to the whole training window."""
+        from .recipes import ode_recipe
+
+        return ode_recipe(n_train_steps, budget=budget, **recipe_kwargs)
+
     def initial_state(self, context):
         """The state from which the forecast integrates (the last observed one)."""
         return context[-1]
@@ -103,14 +128,24 @@ class ODEModel(AbstractModel):
     def rollout(self, y0, n_steps: int):
         return integrate(self.field, y0, n_steps, self.dt, substeps=self.substeps)
 
-    def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
-        if self.objective == "derivative":
-            dy = (windows[:, 2] - windows[:, 0]) / (2 * self.dt)
-            pred = jax.vmap(self.field)(windows[:, 1])
-            return jnp.mean(((pred - dy) / lift(self.std[...], pred.ndim)) ** 2)
+    def derivative_loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        """`mean(((field(y_c) - dy_c) / s)^2)`: the field at each window's centre against the
+        window's Savitzky-Golay derivative, per coordinate in units of the training std `s`."""
+        c = jnp.asarray(savgol_derivative_weights(windows.shape[1]), windows.dtype)
+        dy = jnp.einsum("w,bwd->bd", c, windows) / self.dt
+        pred = jax.vmap(self.field)(windows[:, windows.shape[1] // 2])
+        return jnp.mean(((pred - dy) / lift(self.std[...], pred.ndim)) ** 2)
+
+    def trajectory_loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        """The normalised mean squared error of the rollout from each window's first state."""
         w = windows.shape[1]
         pred = jax.vmap(lambda y0: self.rollout(y0, w - 1))(windows[:, 0])
         return self._normalised_mse(pred, windows[:, 1:])
+
+    def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        if self.objective == "derivative":
+            return self.derivative_loss(windows)
+        return self.trajectory_loss(windows)
 
     def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         """Integrates the learned field from the last context state for `n_steps` steps of `dt`."""

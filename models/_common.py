@@ -16,7 +16,9 @@ class Stats(nnx.Variable):
 
 
 class MLP(nnx.Module):
-    """`x -> W_L s(... s(W_1 x + b_1) ...) + b_L` with `depth` hidden layers of `width` units."""
+    """`x -> W_L s(... s(W_1 x + b_1) ...) + b_L` with `depth` hidden layers of `width` units;
+    with `linear=True`, plus a bias-free linear skip `A x` (an affine map plus a nonlinear
+    correction: a black-box field that contains the least-squares linear field)."""
 
     def __init__(
         self,
@@ -26,6 +28,7 @@ class MLP(nnx.Module):
         width: int,
         depth: int,
         activation: Callable = jnp.tanh,
+        linear: bool = False,
         rngs: nnx.Rngs,
     ):
         if width < 1 or depth < 1:
@@ -33,12 +36,14 @@ class MLP(nnx.Module):
         sizes = [d_in] + [width] * depth
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.out = nnx.Linear(width, d_out, rngs=rngs)
+        self.skip = nnx.Linear(d_in, d_out, use_bias=False, rngs=rngs) if linear else None
         self.activation = activation
 
     def __call__(self, x):
+        h = x
         for layer in self.hidden:
-            x = self.activation(layer(x))
-        return self.out(x)
+            h = self.activation(layer(h))
+        return self.out(h) if self.skip is None else self.out(h) + self.skip(x)
 
 
 def lift(v: Array, ndim: int) -> Array:
@@ -97,3 +102,17 @@ def data_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = flat.std(0)
     std = np.where(std > 1e-6 * max(1.0, float(std.max())), std, 1.0)
     return mean, std
+
+
+def savgol_derivative_weights(window: int) -> np.ndarray:
+    """Weights `c` of the Savitzky-Golay derivative at the centre of an odd `window`:
+    `y'(t_c) ~ sum_j c_j y_{c+j} / dt`, the slope of the least-squares polynomial of degree
+    `min(window - 1, 3)` (degree 2 for `window = 3`: the central difference
+    `(y_{c+1} - y_{c-1}) / 2`; the 5-point stencil for `window = 5`; wider windows smooth
+    noisy data). The weights sum to zero and `sum_j j c_j = 1`."""
+    if not isinstance(window, (int, np.integer)) or window < 3 or window % 2 == 0:
+        raise ValueError(f"the derivative window must be an odd integer >= 3, got {window!r}")
+    half = window // 2
+    j = np.arange(-half, half + 1, dtype=np.float64)
+    order = 2 if window == 3 else min(window - 1, 3)
+    return np.linalg.pinv(np.vander(j, order + 1, increasing=True))[1]

@@ -217,6 +217,13 @@ class LSTM(AbstractModel):
     def window_length(self, n_train_steps: int) -> int:
         return min(n_train_steps, self.warmup + self.rollout + 1)
 
+    def recipe(self, n_train_steps: int, *, budget: int, **recipe_kwargs):
+        """`models.recipes.rollout_recipe`: its own objective on windows of growing length
+        (the free rollout grows with the window, up to `rollout` steps)."""
+        from .recipes import rollout_recipe
+
+        return rollout_recipe(n_train_steps, budget=budget, **recipe_kwargs)
+
     def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
         # per window: teacher-forced MSE + rollout MSE; the batch runs as one (B, T, d) pass
         zs = self.normalise(windows)

@@ -134,6 +134,15 @@ class OscillatorModel(ODEModel):
             )
         return super().loss(windows)
 
+    def recipe(self, n_train_steps: int, *, budget: int, **recipe_kwargs):
+        """The ODE recipe; without its derivative stage when `k != n` (the latent state is
+        not observed, so there is no derivative to regress on)."""
+        from .recipes import ode_recipe
+
+        return ode_recipe(
+            n_train_steps, budget=budget, derivative=self.readout is None, **recipe_kwargs
+        )
+
     # ------------------------------------------------------------ initialisation
     def prepare(self, dataset) -> None:
         super().prepare(dataset)

@@ -77,6 +77,14 @@ class TrainConfig:
       validation loss (None: never stop early).
     - `precision`: `"float32"` or `"float64"` (needs `jax_enable_x64`): the
       dtype of the parameters and the data during training.
+    - `window`: the length of the windows cut from the training trajectories
+      (None: the model's own `window_length`); the stages of a recipe set it
+      (a curriculum of window lengths).
+    - `val_context`: None (validate on the loss over evenly spaced `val`
+      windows) or `C`: validate on the long-horizon rollout instead, i.e.
+      forecast every `val` trajectory from its first `C` states to its end and
+      take the mean squared error, each coordinate divided by its variance over
+      `val` (the study's `val_rollout_nmse`; the test protocol on held-out states).
 
     **Raises:** `ValueError` naming the field and the value for a bad value.
     """
@@ -90,6 +98,8 @@ class TrainConfig:
     grad_clip: float | np.floating = 1.0
     warmup: int | np.integer | None = None
     precision: Literal["float32", "float64"] = "float32"
+    window: int | np.integer | None = None
+    val_context: int | np.integer | None = None
 
     def __post_init__(self):
         def bad(field, requirement):
@@ -104,6 +114,10 @@ class TrainConfig:
             bad("patience", "None or a positive integer")
         if self.warmup is not None and (not _is_int(self.warmup) or self.warmup < 0):
             bad("warmup", "None or a non-negative integer")
+        for field in ("window", "val_context"):
+            value = getattr(self, field)
+            if value is not None and (not _is_int(value) or value < 1):
+                bad(field, "None or a positive integer")
         if not isinstance(self.lr, (int, float, np.integer, np.floating)) or not (
             math.isfinite(self.lr) and self.lr > 0
         ):
@@ -125,7 +139,7 @@ class TrainConfig:
             ("grad_clip", float),
         ):
             object.__setattr__(self, field, cast(getattr(self, field)))
-        for field in ("patience", "warmup"):
+        for field in ("patience", "warmup", "window", "val_context"):
             if getattr(self, field) is not None:
                 object.__setattr__(self, field, int(getattr(self, field)))
 
@@ -214,6 +228,17 @@ def _validate(
     for name in ("train", "val"):
         if not np.all(np.isfinite(dataset.split(name))):
             raise ValueError(f"dataset.{name} contains NaN or inf")
+    n_t = np.shape(dataset.train)[1]
+    if cfg.window is not None and cfg.window > n_t:
+        raise ValueError(
+            f"TrainConfig: window={cfg.window} is longer than the training trajectories "
+            f"({n_t} states)"
+        )
+    if cfg.val_context is not None and cfg.val_context >= np.shape(dataset.val)[1]:
+        raise ValueError(
+            f"TrainConfig: val_context={cfg.val_context} leaves nothing to forecast in "
+            f"val trajectories of {np.shape(dataset.val)[1]} states"
+        )
     return cfg
 
 
@@ -280,6 +305,41 @@ _LOSS_KEY = 2
 _VAL_KEY = 2**31 - 1
 
 
+def _rollout_nmse(model, val, inv_var, context: int):
+    """The long-horizon validation criterion: every `val` trajectory `(N, T, d)` forecast from
+    its first `context` states to its end, squared errors times `inv_var` (the inverse
+    per-coordinate variance over `val`), averaged."""
+    pred = jax.vmap(lambda c: model.forecast(c, val.shape[1] - context))(val[:, :context])
+    return jnp.mean((pred - val[:, context:]) ** 2 * jnp.reshape(inv_var, (1, 1, -1)))
+
+
+#: the compilation events of `jax.monitoring` (tracing, lowering, XLA) that `fit` times
+_COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class _CompileTimer:
+    """Seconds spent compiling (tracing, lowering and XLA) while the context is open, from the
+    events `jax.monitoring` reports (a persistent-cache hit reports no backend compile)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self, event, duration, **_):
+        if event in _COMPILE_EVENTS:
+            self.seconds += duration
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
 def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: bool, loss: Loss):
     """Returns `chunk(state, rest, key, train, val_batch, n_steps) -> (state, mean_loss, val)`.
 
@@ -326,7 +386,12 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: b
         state, losses = jax.lax.scan(body, state, None, length=n_steps)
         mean_loss = jnp.nanmean(losses)
         if has_val:
-            val = loss_fn(state["params"], rest, val_batch, jax.random.fold_in(key, _VAL_KEY))
+            if cfg.val_context is None:
+                val = loss_fn(state["params"], rest, val_batch, jax.random.fold_in(key, _VAL_KEY))
+            else:
+                val = _rollout_nmse(
+                    nnx.merge(graphdef, state["params"], rest), *val_batch, cfg.val_context
+                )
             evaluate = was_active & ~state["diverged"]
             improved = evaluate & jnp.isfinite(val) & (val < state["best_val"])
             state["best_params"] = jax.tree.map(
@@ -477,12 +542,18 @@ def _run(
     n_members = len(models)
 
     if trajectories:
-        window = models[0].window_length(dataset.n_train_steps)
+        window = cfg.window or models[0].window_length(dataset.n_train_steps)
         train = jnp.asarray(dataset.train, dtype)
         has_val = dataset.val.shape[0] > 0
-        val_batch = jnp.asarray(
-            _windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype
-        )
+        if has_val and cfg.val_context is not None:
+            val = np.asarray(dataset.val, np.float64)
+            var = val.reshape(-1, val.shape[-1]).var(0)
+            inv_var = 1.0 / np.where(var > 1e-12 * max(1.0, float(var.max())), var, 1.0)
+            val_batch = (jnp.asarray(val, dtype), jnp.asarray(inv_var, dtype))
+        else:
+            val_batch = jnp.asarray(
+                _windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype
+            )
         data_sum = float(np.asarray(dataset.train, np.float64).sum())
     else:  # full-batch data: handed to the loss whole at every step; no validation
         window, has_val, val_batch = None, False, None
@@ -532,19 +603,31 @@ def _run(
 
     bar = tqdm(total=n_chunks, initial=start_chunk, desc=desc, disable=not progress, leave=False)
     t0 = time.perf_counter()
+    timer = _CompileTimer()
     try:
         for c in range(start_chunk, n_chunks):
             if bool(jnp.all(state["stopped"] | state["diverged"])):
                 break
             n_steps = min(cfg.eval_every, cfg.steps - c * cfg.eval_every)
-            state, loss_value, val = step_fn(state, rest, key_data, train, val_batch, n_steps)
-            loss_value, val = np.asarray(loss_value), np.asarray(val)
+            with timer:
+                state, loss_value, val = step_fn(state, rest, key_data, train, val_batch, n_steps)
+                loss_value, val = np.asarray(loss_value), np.asarray(val)
+            patience_fired = (
+                np.asarray(state["bad_evals"]) >= cfg.patience
+                if cfg.patience is not None and has_val
+                else np.zeros(n_members, bool)
+            )
             rec = {
                 "chunk": c + 1,
                 "step": np.asarray(state["step"]).tolist(),
                 "train_loss": [None if not np.isfinite(x) else float(x) for x in loss_value],
                 "val_loss": [None if not np.isfinite(x) else float(x) for x in val],
+                "best_val": [
+                    None if not np.isfinite(x) else float(x) for x in np.asarray(state["best_val"])
+                ],
+                "converged": patience_fired.tolist(),
                 "seconds": time.perf_counter() - t0,
+                "compile_seconds": timer.seconds,
             }
             history.append(rec)
             if ckpt is not None:
@@ -636,13 +719,17 @@ def _member_sharding(n_members: int):
 
 
 def _history_of(history, i):
+    # records of checkpoints written before best_val/converged/compile_seconds existed lack them
     return [
         {
             "chunk": r["chunk"],
             "step": r["step"][i],
             "train_loss": r["train_loss"][i],
             "val_loss": r["val_loss"][i],
+            "best_val": r["best_val"][i] if "best_val" in r else None,
+            "converged": r["converged"][i] if "converged" in r else False,
             "seconds": r["seconds"],
+            "compile_seconds": r.get("compile_seconds", 0.0),
         }
         for r in history
     ]
@@ -708,8 +795,12 @@ def fit(
     - `progress`: show a progress bar; `log_path`: a JSON-lines log without checkpoints.
 
     **Returns:** the trained model (updated in place) and a list of records
-    `{chunk, step, train_loss, val_loss, seconds}`, one per chunk (`train_loss`
-    the mean over the chunk's steps; `val_loss` None without validation).
+    `{chunk, step, train_loss, val_loss, best_val, converged, seconds,
+    compile_seconds}`, one per chunk (`train_loss` the mean over the chunk's
+    steps; `val_loss` None without validation; `best_val` the lowest so far;
+    `converged` true once the early-stopping rule has fired, i.e. `patience`
+    evaluations without improvement; `seconds` the wall time since the start
+    of this call and `compile_seconds` the part of it spent compiling).
 
     **Raises:** `ValueError` for a bad value (`TrainConfig` names the field) or
     data that do not suit the model; `TypeError` for an unknown keyword;

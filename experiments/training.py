@@ -1,0 +1,116 @@
+"""How the study trains one model: a small learning-rate x width choice made on `val`, then the
+model's own recipe (`models.recipes`) to convergence.
+
+Candidates are every combination of the preset's `lr_grid` (or its `lr`) and
+`width_grid` (or its `width`; only models that take their width from the preset
+vary with it). Each candidate trains a pilot, the first stage of its recipe at
+the fraction `pilot` of its budget (`Recipe.pilot`), and the one with the lowest validation
+rollout (`val_rollout_nmse`, the forecast of `val` from the study's context
+over the training window) is trained again, from its initial parameters, with
+the full recipe. Only `train` and `val` are used; the test splits are not seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import shutil
+from pathlib import Path
+
+from .presets import Preset
+from .specs import ModelSpec, SystemSpec
+
+
+def candidates(mspec: ModelSpec, preset: Preset) -> list[tuple[dict, Preset]]:
+    """The distinct `(choice, preset)` pairs of the grid for this model; `choice` names the
+    settings varied (`{"lr": 0.003, "width": 128}`)."""
+    lrs = preset.lr_grid or (mspec.train.get("lr", preset.lr),)
+    uses_width = "width" in mspec.preset_kwargs.values()
+    widths = (preset.width_grid or (preset.width,)) if uses_width else (None,)
+    out = []
+    for lr, width in itertools.product(lrs, widths):
+        choice = {"lr": float(lr)} | ({} if width is None else {"width": int(width)})
+        out.append((choice, dataclasses.replace(preset, **choice)))
+    return out
+
+
+def _recipe(model, dataset, preset: Preset, mspec: ModelSpec, lr: float):
+    train = {**{"steps": preset.steps, "batch_size": preset.batch_size}, **mspec.train}
+    return model.recipe(
+        dataset.n_train_steps,
+        budget=int(train["steps"]),
+        context=preset.context,
+        eval_every=int(train.get("eval_every", preset.eval_every)),
+        batch_size=int(train["batch_size"]),
+        lr=float(lr),
+    )
+
+
+def train_model(
+    spec: SystemSpec,
+    mspec: ModelSpec,
+    system,
+    preset: Preset,
+    dataset,
+    *,
+    seed: int,
+    checkpoint_dir: Path | None,
+    progress: bool = False,
+    log=print,
+):
+    """Chooses the candidate on `val`, then trains it with its full recipe.
+
+    Returns `(model, info)` with `info` holding `choice` (the chosen settings),
+    `pilots` (each candidate's pilot `val_rollout_nmse`), the final
+    `models.RecipeResult` as `result`, and `recipe` (its description).
+    Checkpoints go to `checkpoint_dir/pilot<i>/` and `checkpoint_dir/final/`,
+    so an interrupted run resumes. Raises `models.TrainingDiverged` when the
+    final training diverges (a diverging pilot only loses the choice).
+    """
+    import jax
+    from flax import nnx
+
+    import models
+
+    key = jax.random.key(1000 + seed)
+    cands = candidates(mspec, preset)
+    pilots = []
+    if len(cands) > 1:
+        for i, (choice, p) in enumerate(cands):
+            model = mspec.build(system, spec, p, rngs=nnx.Rngs(seed))
+            recipe = _recipe(model, dataset, p, mspec, choice["lr"]).pilot(preset.pilot)
+            try:
+                _, res = recipe.fit(
+                    model,
+                    dataset,
+                    key=key,
+                    checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / f"pilot{i}",
+                    progress=progress,
+                )
+                score = res.val_rollout_nmse
+            except models.TrainingDiverged:
+                score = float("inf")
+            pilots.append({**choice, "val_rollout_nmse": score})
+        best = min(range(len(cands)), key=lambda i: pilots[i]["val_rollout_nmse"])
+    else:
+        best = 0
+    choice, p = cands[best]
+    model = mspec.build(system, spec, p, rngs=nnx.Rngs(seed))
+    recipe = _recipe(model, dataset, p, mspec, choice["lr"])
+    model, result = recipe.fit(
+        model,
+        dataset,
+        key=key,
+        checkpoint_dir=None if checkpoint_dir is None else checkpoint_dir / "final",
+        progress=progress,
+    )
+    if checkpoint_dir is not None:
+        for i in range(len(pilots)):
+            shutil.rmtree(checkpoint_dir / f"pilot{i}", ignore_errors=True)
+    return model, {
+        "choice": choice,
+        "pilots": pilots,
+        "result": result,
+        "recipe": recipe.describe(),
+        "preset": p,
+    }
