@@ -9,6 +9,10 @@ from .lnn import LNN as LNN
 from .lstm import LSTM as LSTM
 from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE
 from .oscillators import OscillatorModel as OscillatorModel
+from .parametric import (
+    Constraint as Constraint,
+    ParametricModel as ParametricModel,
+)
 from .recipes import (
     Recipe as Recipe,
     RecipeResult as RecipeResult,
