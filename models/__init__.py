@@ -3,7 +3,7 @@ constraint-imposing networks, one training loop for all, and tools to look insid
 
 from . import attribution as attribution, probes as probes
 from ._base import AbstractModel as AbstractModel, ODEModel as ODEModel
-from ._common import MLP as MLP, integrate as integrate
+from ._common import MLP as MLP, integrate as integrate, own_transform as own_transform
 from .hnn import (
     HNN as HNN,
     CanonicalODEModel as CanonicalODEModel,

@@ -35,7 +35,9 @@ def own_transform(system) -> bool:
     if not isinstance(system, dynamics.AbstractSystem):
         return False
     cls, base = type(system), dynamics.AbstractSystem
-    return cls.to_canonical is not base.to_canonical or cls.from_canonical is not base.from_canonical
+    return (
+        cls.to_canonical is not base.to_canonical or cls.from_canonical is not base.from_canonical
+    )
 
 
 class MLP(nnx.Module):
