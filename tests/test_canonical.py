@@ -205,6 +205,12 @@ def test_trained_hnn_forecasts_in_observed_coordinates(trained, dp_data):
     zs = canon.rollout(DP.to_canonical(ctx[0, -1]), n)
     np.testing.assert_allclose(fc[0], DP.from_canonical(zs), rtol=1e-10, atol=1e-12)
 
+    # differentiable as the attribution study uses it: only the last context state matters
+    jac = jax.jit(jax.jacfwd(lambda c: canon.forecast(c, 3)))(ctx[0])
+    assert jac.shape == (3, 4, 3, 4) and bool(jnp.all(jnp.isfinite(jac)))
+    assert float(jnp.max(jnp.abs(jac[:, :, :-1]))) == 0.0
+    assert float(jnp.max(jnp.abs(jac[:, :, -1]))) > 0.1
+
     untrained = _hnn()
     untrained.prepare(dp_data)
     e0 = DP.energy(ctx[:, -1])[:, None]
@@ -273,3 +279,21 @@ def test_dissipative_hnn_works_in_canonical_coordinates(dp_data):
     )
     fitted = _fit(model, dp_data, steps=30)
     assert float(fitted.loss(windows)) < before
+
+
+def test_clocks_on_their_beam_forecast_through_the_transform(getkey):
+    """On the Huygens clocks (given as `coordinates=`) the forecast is `phi^{-1}` of the flow
+    of `phi(y_C)`, and the loss that of the windows in `z`, for both HNNs."""
+    y = _states(CLOCKS, getkey(), (2, 5))
+    for cls in (m.HNN, m.DissipativeHNN):
+        model = cls(6, width=8, depth=1, window=5, coordinates=CLOCKS, rngs=nnx.Rngs(0))
+        model.dt = 0.1
+        fc = model.forecast(y[0, :2], 4)
+        np.testing.assert_allclose(
+            fc, CLOCKS.from_canonical(model.rollout(CLOCKS.to_canonical(y[0, 1]), 4)), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            model.loss(y), m.ODEModel.loss(model, CLOCKS.to_canonical(y)), rtol=1e-12
+        )
+    with pytest.raises(ValueError, match="state_dim"):
+        m.HNN(4, coordinates=CLOCKS, rngs=nnx.Rngs(0))
