@@ -166,18 +166,28 @@ class ModelSpec:
         out.update(self.kwargs)
         return out
 
+    def _in_canonical(self, system: dynamics.AbstractSystem) -> bool:
+        """Whether the model works in `system`'s own canonical coordinates (an HNN on the
+        double pendulum or the clocks on their beam), which it is then built with, so that a
+        model rebuilt to receive stored variables has the state structure of the trained one."""
+        return issubclass(self.cls, models.CanonicalODEModel) and models.own_transform(system)
+
     def build(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset, *, rngs):
-        return self.cls(
-            system.state_dim, **self.constructor_kwargs(system, spec, preset), rngs=rngs
-        )
+        kwargs = self.constructor_kwargs(system, spec, preset)
+        if self._in_canonical(system):
+            kwargs.setdefault("coordinates", system)
+        return self.cls(system.state_dim, **kwargs, rngs=rngs)
 
     def describe(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset) -> dict:
-        return {
+        out = {
             "class": _qualname(self.cls),
             "label": self.label_for(system),
             "kwargs": jsonable(self.constructor_kwargs(system, spec, preset)),
             "train": jsonable(dict(self.train)),
         }
+        if self._in_canonical(system):  # a new model there: runs in (q, q') are not reused
+            out["coordinates"] = "canonical"
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

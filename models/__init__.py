@@ -3,8 +3,12 @@ constraint-imposing networks, one training loop for all, and tools to look insid
 
 from . import attribution as attribution, probes as probes
 from ._base import AbstractModel as AbstractModel, ODEModel as ODEModel
-from ._common import MLP as MLP, integrate as integrate
-from .hnn import HNN as HNN, DissipativeHNN as DissipativeHNN
+from ._common import MLP as MLP, integrate as integrate, own_transform as own_transform
+from .hnn import (
+    HNN as HNN,
+    CanonicalODEModel as CanonicalODEModel,
+    DissipativeHNN as DissipativeHNN,
+)
 from .lnn import LNN as LNN
 from .lstm import LSTM as LSTM
 from .neural_ode import NeuralODE as NeuralODE, SecondOrderNODE as SecondOrderNODE

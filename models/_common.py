@@ -10,9 +10,34 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float
 
+import dynamics
+
 
 class Stats(nnx.Variable):
     """Non-trainable statistics set from the training data (normalisation, priors)."""
+
+
+class Coordinates(nnx.Variable):
+    """Non-trainable: the system (a `dynamics.AbstractSystem` pytree) whose `to_canonical` /
+    `from_canonical` define the coordinates a model works in, or None for the observed ones.
+
+    Held in an `nnx.Variable`, the system's parameters are part of the model's state: they pass
+    through `nnx.split` / `nnx.merge`, `jax.jit` and `vmap`, and are stored with the other
+    variables (`jax.tree.leaves(nnx.state(model))`). The state's structure therefore depends
+    on the system: a model rebuilt to receive stored variables must be built with the same
+    coordinates (the models take them as a constructor argument for that).
+    """
+
+
+def own_transform(system) -> bool:
+    """Whether `system` overrides the identity default of `to_canonical` / `from_canonical`
+    (its `(q, q')` is not canonical: the double pendulum, the clocks on their beam)."""
+    if not isinstance(system, dynamics.AbstractSystem):
+        return False
+    cls, base = type(system), dynamics.AbstractSystem
+    return (
+        cls.to_canonical is not base.to_canonical or cls.from_canonical is not base.from_canonical
+    )
 
 
 class MLP(nnx.Module):

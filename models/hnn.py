@@ -1,23 +1,127 @@
-"""Hamiltonian neural networks: conservative and dissipative."""
+"""Hamiltonian neural networks: conservative and dissipative, in canonical coordinates."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jaxtyping import Array, ArrayLike, Float
 
 from ._base import ODEModel
-from ._common import MLP, check_state_dim
+from ._common import MLP, Coordinates, check_state_dim, data_stats, own_transform
 
 
-class HNN(ODEModel):
-    r"""Hamiltonian neural network (Greydanus et al. 2019).
+class CanonicalODEModel(ODEModel):
+    r"""An ODE model that learns and forecasts in a system's canonical coordinates.
 
-    Learns a scalar `H(q, p) = MLP((y - m) / s)`; the vector field is
-    `J grad H`, i.e. `q' = dH/dp`, `p' = -dH/dq`, so every forecast conserves
-    the learned `H` up to the integrator's error. Trained by trajectory
-    matching over short windows (or, for the paper's reproduction, derivative
-    matching: `objective="derivative"`). Needs a canonical `(q, p)` state.
+    The observed state is `y = (q, q')`; the model works on `z = phi(y) = (q, p)` with
+    `p = dL/dq'` (`system.to_canonical`, e.g. `p = M(q) q'` for the double pendulum), where a
+    Hamiltonian field `J grad H(z)` can represent the dynamics. Where `(q, q')` is already
+    canonical (unit masses: `phi` is the identity) nothing changes.
+
+    - `coordinates` (constructor) or `prepare(dataset)` (from `dataset.system`, called by
+      `fit`) fix `phi`; the system is kept in the model's state (a `Coordinates` variable),
+      so it survives `nnx.split` / `nnx.merge`, `jit` and stored variables. A model rebuilt to
+      receive stored variables must be built with the same `coordinates` (the state's structure
+      contains the system's parameters).
+    - `loss(windows)`: windows of observed states are mapped to `z` first; the normalisation
+      statistics (`mean`, `std`) are those of `z` over the training data, so both objectives
+      (trajectory matching, and the central differences `(z_{t+1} - z_{t-1}) / 2dt` of
+      `objective="derivative"`) are taken in `z`.
+    - `field(z)` is the learned field **in canonical coordinates** (what the integrator sees);
+      `observed_field(y) = D phi^{-1}(z) field(z)` at `z = phi(y)` is the same field pushed
+      to the observed coordinates (`dy/dt` of the model).
+    - `forecast(context, n_steps)`: `z_0 = phi(context[-1])`, integrated, mapped back with
+      `phi^{-1}` (`from_canonical`): the forecast is in observed coordinates.
+    """
+
+    def __init__(self, state_dim: int, *, coordinates=None, **kwargs):
+        super().__init__(state_dim, **kwargs)
+        self.transform = Coordinates(None)
+        if coordinates is not None:
+            self._use_coordinates(coordinates)
+
+    # ------------------------------------------------------------ the coordinate change
+    def _use_coordinates(self, system) -> None:
+        if not own_transform(system):
+            if self.transform.get_value() is not None:
+                raise ValueError(
+                    f"{type(self).__name__} works in the canonical coordinates of "
+                    f"{type(self.transform.get_value()).__name__}, but {type(system).__name__} "
+                    "has none of its own"
+                )
+            return  # identity: the observed coordinates
+        if system.state_dim != self.state_dim:
+            raise ValueError(
+                f"coordinates: {type(system).__name__} has state_dim {system.state_dim}, "
+                f"the model {self.state_dim}"
+            )
+        old = self.transform.get_value()
+        if old is not None and jax.tree.structure(old) != jax.tree.structure(system):
+            raise ValueError(
+                f"{type(self).__name__} was built in the coordinates of {type(old).__name__}, "
+                f"which cannot be replaced by those of {type(system).__name__}"
+            )
+        self.transform.set_value(system)
+
+    @property
+    def coordinates(self):
+        """The system whose canonical coordinates the model works in (None: the observed)."""
+        return self.transform.get_value()
+
+    def to_model(self, y: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+        """`z = phi(y)`: observed states `(..., d)` to the model's canonical coordinates."""
+        system = self.transform.get_value()
+        return y if system is None else jnp.asarray(system.to_canonical(y), y.dtype)
+
+    def to_observed(self, z: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+        """`y = phi^{-1}(z)`: the inverse of `to_model`."""
+        system = self.transform.get_value()
+        return z if system is None else jnp.asarray(system.from_canonical(z), z.dtype)
+
+    def observed_field(self, y: Float[Array, " d"]) -> Float[Array, " d"]:
+        """`dy/dt = D phi^{-1}(z) field(z)` at `z = phi(y)`: the learned field in observed
+        coordinates (equal to `field(y)` where `phi` is the identity)."""
+        z = self.to_model(y)
+        return jax.jvp(self.to_observed, (z,), (self.field(z),))[1]
+
+    # ------------------------------------------------------------ training and forecasting
+    def prepare(self, dataset) -> None:
+        """Records `dt`, adopts `dataset.system`'s canonical coordinates (where it has its own;
+        a dataset without a system keeps the constructor's) and sets `mean`, `std` to the
+        statistics of `z = phi(y)` over the training data."""
+        super().prepare(dataset)
+        system = getattr(dataset, "system", None)
+        if system is not None:
+            self._use_coordinates(system)
+        if self.transform.get_value() is not None:
+            z = self.to_model(jnp.asarray(dataset.train, self.mean[...].dtype))
+            mean, std = data_stats(np.asarray(z))
+            self.mean.set_value(jnp.asarray(mean, self.mean[...].dtype))
+            self.std.set_value(jnp.asarray(std, self.std[...].dtype))
+
+    def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        """`ODEModel.loss` on the windows mapped to canonical coordinates."""
+        return super().loss(self.to_model(windows))
+
+    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
+        """`phi^{-1}` of the learned flow from `z_0 = phi(context[-1])`: `n_steps` states at
+        `dt, ..., n_steps dt` after the last context state, in observed coordinates."""
+        context = self._check_forecast(context, n_steps)
+        z0 = self.to_model(self.initial_state(context))
+        return self.to_observed(self.rollout(z0, int(n_steps)))
+
+
+class HNN(CanonicalODEModel):
+    r"""Hamiltonian neural network (Greydanus et al. 2019), in canonical coordinates.
+
+    Learns a scalar `H(z) = MLP((z - m) / s)` of the canonical state `z = (q, p)` (see
+    `CanonicalODEModel`: `z = system.to_canonical(y)`, the identity for unit masses); the
+    vector field is `J grad H`, i.e. `q' = dH/dp`, `p' = -dH/dq`, so every forecast conserves
+    the learned `H` up to the integrator's error, and is mapped back to the observed `(q, q')`.
+    Trained by trajectory matching over short windows (or, for the paper's reproduction,
+    derivative matching: `objective="derivative"`). Needs a second-order state.
     """
 
     needs_canonical = True
@@ -30,29 +134,31 @@ class HNN(ODEModel):
         depth: int = 2,
         window: int = 10,
         objective: str = "trajectory",
+        coordinates=None,
         rngs: nnx.Rngs,
     ):
         check_state_dim(state_dim, even=True, who="HNN")
-        super().__init__(state_dim, window=window, objective=objective)
+        super().__init__(state_dim, window=window, objective=objective, coordinates=coordinates)
         self.n = state_dim // 2
         self.net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
 
-    def hamiltonian(self, y):
-        """The learned energy `H(y)` of one state."""
-        return self.net((y - self.mean[...]) / self.std[...])[0]
+    def hamiltonian(self, z: Float[Array, " d"]) -> Float[Array, ""]:
+        """The learned energy `H(z)` of one canonical state."""
+        return self.net((z - self.mean[...]) / self.std[...])[0]
 
-    def field(self, y):
-        dh = jax.grad(self.hamiltonian)(y)
+    def field(self, z: Float[Array, " d"]) -> Float[Array, " d"]:
+        """`J grad H(z) = (dH/dp, -dH/dq)`, in canonical coordinates."""
+        dh = jax.grad(self.hamiltonian)(z)
         return jnp.concatenate([dh[self.n :], -dh[: self.n]])
 
 
-class DissipativeHNN(ODEModel):
-    r"""Dissipative HNN (Sosanya and Greydanus 2022).
+class DissipativeHNN(CanonicalODEModel):
+    r"""Dissipative HNN (Sosanya and Greydanus 2022), in canonical coordinates.
 
-    Learns a Hamiltonian `H` and a dissipation potential `D` (two MLPs); the
-    field is `J grad H + grad D` (Helmholtz decomposition into a
-    divergence-free and a curl-free part). `D` captures damping and driving,
-    `H` the conservative dynamics. Needs a canonical `(q, p)` state.
+    Learns a Hamiltonian `H(z)` and a dissipation potential `D(z)` (two MLPs) of the canonical
+    state `z = (q, p)` (see `CanonicalODEModel`); the field is `J grad H + grad D` (Helmholtz
+    decomposition into a divergence-free and a curl-free part). `D` captures damping and
+    driving, `H` the conservative dynamics. Needs a second-order state.
     """
 
     needs_canonical = True
@@ -65,20 +171,24 @@ class DissipativeHNN(ODEModel):
         depth: int = 2,
         window: int = 10,
         objective: str = "trajectory",
+        coordinates=None,
         rngs: nnx.Rngs,
     ):
         check_state_dim(state_dim, even=True, who="DissipativeHNN")
-        super().__init__(state_dim, window=window, objective=objective)
+        super().__init__(state_dim, window=window, objective=objective, coordinates=coordinates)
         self.n = state_dim // 2
         self.h_net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
         self.d_net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
 
-    def hamiltonian(self, y):
-        return self.h_net((y - self.mean[...]) / self.std[...])[0]
+    def hamiltonian(self, z: Float[Array, " d"]) -> Float[Array, ""]:
+        """The learned conservative energy `H(z)` of one canonical state."""
+        return self.h_net((z - self.mean[...]) / self.std[...])[0]
 
-    def dissipation(self, y):
-        return self.d_net((y - self.mean[...]) / self.std[...])[0]
+    def dissipation(self, z: Float[Array, " d"]) -> Float[Array, ""]:
+        """The learned dissipation potential `D(z)` of one canonical state."""
+        return self.d_net((z - self.mean[...]) / self.std[...])[0]
 
-    def field(self, y):
-        dh = jax.grad(self.hamiltonian)(y)
-        return jnp.concatenate([dh[self.n :], -dh[: self.n]]) + jax.grad(self.dissipation)(y)
+    def field(self, z: Float[Array, " d"]) -> Float[Array, " d"]:
+        """`J grad H(z) + grad D(z)`, in canonical coordinates."""
+        dh = jax.grad(self.hamiltonian)(z)
+        return jnp.concatenate([dh[self.n :], -dh[: self.n]]) + jax.grad(self.dissipation)(z)
