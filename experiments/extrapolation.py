@@ -203,6 +203,12 @@ def load_model(
     graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree.flatten(state)
     with np.load(path) as z:
+        n_stored = sum(1 for f in z.files if f.startswith("v"))
+        if n_stored != len(leaves):
+            raise ValueError(
+                f"{path} holds {n_stored} variables, but {key.describe()} as built now has "
+                f"{len(leaves)}: the model was stored by another version of its class"
+            )
         stored = [jnp.asarray(z[f"v{i}"]) for i in range(len(leaves))]
         dt = float(z["dt"])
     model = nnx.merge(graphdef, jax.tree.unflatten(treedef, stored))
@@ -419,12 +425,16 @@ def read_metrics(output: Output) -> list[dict]:
     return rows
 
 
+def _is_true(value) -> bool:
+    return value is True or str(value) in ("True", "true", "1")
+
+
 def summary_markdown(rows: list[dict]) -> str:
     """A table of every system, model and n_train: mean and 95% interval over seeds."""
     cols = ("interp_nmse", "extrap_nmse", "ood_nmse", "vpt", "energy_drift")
     lines = [
-        "| system | model | n_train | seeds | " + " | ".join(cols) + " |",
-        "|" + "---|" * (4 + len(cols)),
+        "| system | model | n_train | seeds | converged | " + " | ".join(cols) + " |",
+        "|" + "---|" * (5 + len(cols)),
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -441,12 +451,18 @@ def summary_markdown(rows: list[dict]) -> str:
             )
         bad = sorted({r["status"] for r in rs if r["status"] != "ok"})
         status = f"{len(ok)}/{len(rs)}" + (f" ({', '.join(bad)})" if bad else "")
-        lines.append(f"| {system} | {model} | {n_train} | {status} | " + " | ".join(cells) + " |")
+        n_conv = sum(_is_true(r.get("converged")) for r in ok)
+        conv = f"{n_conv}/{len(ok)}" + ("" if n_conv == len(ok) else " **not converged**")
+        lines.append(
+            f"| {system} | {model} | {n_train} | {status} | {conv} | " + " | ".join(cells) + " |"
+        )
     lines.append("")
     lines.append(
         "Mean ± half-width of the 95% Student-t interval over seeds (no interval for one seed). "
         "`vpt` in units of t_train; nmse normalised per coordinate by the test-set variance; "
-        "`energy_drift` only for conservative systems."
+        "`energy_drift` only for conservative systems. `converged`: the runs whose last "
+        "training stage stopped by its rule (the validation rollout no longer improving by 1%) "
+        "before its budget ran out; a row **not converged** measures the budget, not the model."
     )
     return "\n".join(lines) + "\n"
 

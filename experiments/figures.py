@@ -137,6 +137,29 @@ def nmse_over_time(runs, system, t_train, path: Path):
     return path
 
 
+def _unconverged(rows, system, model) -> bool:
+    """Whether any finished run of `(system, model)` stopped at its budget, its validation
+    rollout still improving (drawn hatched: not a result)."""
+    return any(
+        str(r.get("converged")) not in ("True", "true", "1")
+        for r in rows
+        if r["system"] == system and r["model"] == model and r["status"] == "ok"
+    )
+
+
+def _hatch_note(ax):
+    ax.text(
+        0.99,
+        0.01,
+        "hatched: not converged (validation still improving at the budget)",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.3",
+    )
+
+
 def interp_vs_extrap(rows, path: Path):
     systems = sorted({r["system"] for r in rows})
     fig, axes = plt.subplots(
@@ -163,7 +186,13 @@ def interp_vs_extrap(rows, path: Path):
                 )
                 for m in models
             ]
-            ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab)
+            bars = ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab)
+            for bar, m in zip(bars, models):
+                if _unconverged(rows, system, m):
+                    bar.set_hatch("//")
+                    bar.set_edgecolor("0.2")
+        if any(_unconverged(rows, system, m) for m in models):
+            _hatch_note(ax)
         ax.set_yscale("log")
         ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
         ax.set_title(system)
@@ -214,12 +243,18 @@ def valid_prediction_time(rows, path: Path):
             ]
             for m in models
         ]
-        ax.bar(
+        bars = ax.bar(
             range(len(models)),
             [np.mean(v) if v else np.nan for v in vals],
             yerr=[np.std(v) if len(v) > 1 else 0 for v in vals],
             color=[_color(m, i) for i, m in enumerate(models)],
         )
+        for bar, m in zip(bars, models):
+            if _unconverged(rows, system, m):
+                bar.set_hatch("//")
+                bar.set_edgecolor("0.2")
+        if any(_unconverged(rows, system, m) for m in models):
+            _hatch_note(ax)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("valid prediction time / t_train")
         ax.set_title(system)

@@ -22,7 +22,7 @@ import tyro
 import dynamics
 import models
 
-from .specs import ModelSpec, OscillatorSpec, SystemSpec
+from .specs import ModelSpec, OscillatorSpec, ParametricSpec, SystemSpec
 
 # --------------------------------------------------------------------------- systems
 _GRAPHS = {
@@ -66,7 +66,7 @@ VANDERPOL4 = SystemSpec(
     functools.partial(coupled, dynamics.CoupledVanDerPol, graph="ring", kappa=0.1, mu=0.5),
     oscillator_kind="vanderpol",
 )
-HUYGENS2 = SystemSpec("HuygensClocks", huygens, oscillator_kind="pendulum")
+HUYGENS2 = SystemSpec("HuygensClocks", huygens, oscillator_kind="huygens")
 KURAMOTO8 = SystemSpec("Kuramoto", kuramoto)
 DOUBLE_PENDULUM = SystemSpec("DoublePendulum", dynamics.DoublePendulum, oscillator_kind="pendulum")
 
@@ -77,10 +77,15 @@ LSTM = ModelSpec(models.LSTM, kwargs={"rollout": 200}, preset_kwargs={"hidden": 
 NEURAL_ODE = ModelSpec(models.NeuralODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 SECOND_ORDER_NODE = ModelSpec(models.SecondOrderNODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 HNN = ModelSpec(models.HNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
-LNN = ModelSpec(models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
+#: a step costs about ten times another ODE model's (a Hessian solve per state)
+LNN = ModelSpec(models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE, train={"budget_scale": 0.1})
 DISSIPATIVE_HNN = ModelSpec(models.DissipativeHNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
 OSCILLATORS_N = OscillatorSpec(k="n", preset_kwargs={"window": "window"})
+#: the same structure trained from unit frequencies and small couplings by the same recipe as
+#: every other model (no least-squares identification)
+OSCILLATORS_N_AGNOSTIC = OscillatorSpec(k="n", init="agnostic", preset_kwargs={"window": "window"})
 OSCILLATORS_2 = OscillatorSpec(k=2, preset_kwargs={"window": "window"})
+PARAMETRIC = ParametricSpec(preset_kwargs={"window": "window"})
 
 
 # --------------------------------------------------------------------------- presets
@@ -219,7 +224,9 @@ ALL_MODELS = (
     NEURAL_ODE,
     SECOND_ORDER_NODE,
     OSCILLATORS_N,
+    OSCILLATORS_N_AGNOSTIC,
     OSCILLATORS_2,
+    PARAMETRIC,
     HNN,
     LNN,
     DISSIPATIVE_HNN,
@@ -259,6 +266,7 @@ PRESETS: dict[str, Preset] = {
             NEURAL_ODE,
             SECOND_ORDER_NODE,
             OSCILLATORS_N,
+            OSCILLATORS_N_AGNOSTIC,
             OSCILLATORS_2,
             HNN,
             DISSIPATIVE_HNN,
@@ -268,8 +276,7 @@ PRESETS: dict[str, Preset] = {
         steps=20000,
         width=128,
         lr_grid=(1e-3, 3e-3),
-        width_grid=(64, 128),
-        pilot=0.25,
+        pilot=0.1,
         eval_every=500,
     ),
     "full": Preset(

@@ -123,7 +123,9 @@ class ModelSpec:
       takes its width from the preset);
     - `label`: the name in the results (default: the class name);
     - `train`: training overrides of the preset's settings for this model
-      (`steps`, `lr`, `batch_size`, `eval_every`).
+      (`steps`, `lr`, `batch_size`, `eval_every`), and `budget_scale`, the
+      fraction of the preset's budget (`steps`) that this model's recipe gets
+      (for models whose steps cost far more than the others').
 
     `applicable(system)` returns None, or the reason this model cannot be
     fitted to `system`; such runs are recorded as `n/a` with that reason.
@@ -135,7 +137,7 @@ class ModelSpec:
     label: str | None = None
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
-    _TRAIN_KEYS = ("steps", "lr", "batch_size", "eval_every")
+    _TRAIN_KEYS = ("steps", "lr", "batch_size", "eval_every", "budget_scale")
 
     def __post_init__(self):
         if not (isinstance(self.cls, type) and issubclass(self.cls, models.AbstractModel)):
@@ -199,24 +201,32 @@ class OscillatorSpec(ModelSpec):
 
     cls: type = models.OscillatorModel
     k: int | str = "n"
+    init: str = "lstsq"
 
     def __post_init__(self):
         super().__post_init__()
         if self.k != "n" and not (isinstance(self.k, int) and self.k >= 1):
             raise ValueError(f"OscillatorSpec.k must be a positive integer or 'n', got {self.k!r}")
+        if self.init not in ("lstsq", "agnostic"):
+            raise ValueError(
+                f"OscillatorSpec.init must be 'lstsq' or 'agnostic', got {self.init!r}"
+            )
 
     def resolved_k(self, system) -> int:
         return system.n_oscillators if self.k == "n" else int(self.k)
 
     def label_for(self, system) -> str:
-        """`OscillatorModel(k=K)`; where a fixed `k` is not below the system's `n` (the run is
-        n/a, the same model as `k="n"`), `OscillatorModel(k=K >= n)`, so no label repeats."""
+        """`OscillatorModel(k=K)` (identified from the data: `init="lstsq"`) or
+        `OscillatorModel(k=K, agnostic)` (started from unit frequencies); where a fixed `k` is
+        not below the system's `n` (the run is n/a, the same model as `k="n"`),
+        `OscillatorModel(k=K >= n)`, so no label repeats."""
         if self.label:
             return self.label
         k = self.resolved_k(system)
         return (
             f"OscillatorModel(k={k}"
-            f"{' >= n' if self.k != 'n' and k >= system.n_oscillators else ''})"
+            f"{' >= n' if self.k != 'n' and k >= system.n_oscillators else ''}"
+            f"{', agnostic' if self.init == 'agnostic' else ''})"
         )
 
     def applicable(self, system, spec: SystemSpec) -> str | None:
@@ -232,11 +242,42 @@ class OscillatorSpec(ModelSpec):
                 f"k={self.k} is not fewer than the {system.n_oscillators} oscillators of "
                 f"{spec.name}; OscillatorModel(k=n) is that model"
             )
+        if spec.oscillator_kind == "huygens" and self.k != "n":
+            return (
+                "OscillatorModel(kind='huygens') models every clock on the beam (k = n); "
+                "a readout of fewer latent clocks would break the beam's cos(theta) coupling"
+            )
         return super().applicable(system, spec)
 
     def constructor_kwargs(self, system, spec: SystemSpec, preset) -> dict:
         return {
             "k": self.resolved_k(system),
             "kind": spec.oscillator_kind,
+            "init": self.init,
             **super().constructor_kwargs(system, spec, preset),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class ParametricSpec(ModelSpec):
+    """`models.ParametricModel(system)`: the system's own equations with its parameters
+    learned from a data-agnostic start (the exact-structure white box). Built from the system
+    itself, so it applies to every system whose parameters are arrays, first-order ones
+    (Kuramoto) included."""
+
+    cls: type = models.ParametricModel
+
+    def label_for(self, system) -> str:
+        return self.label or "ParametricModel"
+
+    def applicable(self, system, spec: SystemSpec) -> str | None:
+        try:
+            models.ParametricModel(system)
+        except ValueError as e:
+            return f"ParametricModel cannot learn {spec.name}'s parameters: {e}"
+        return None
+
+    def build(self, system, spec: SystemSpec, preset, *, rngs):
+        return models.ParametricModel(
+            system, **self.constructor_kwargs(system, spec, preset), rngs=rngs
+        )

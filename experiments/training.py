@@ -38,7 +38,7 @@ def _recipe(model, dataset, preset: Preset, mspec: ModelSpec, lr: float):
     train = {**{"steps": preset.steps, "batch_size": preset.batch_size}, **mspec.train}
     return model.recipe(
         dataset.n_train_steps,
-        budget=int(train["steps"]),
+        budget=max(1, int(train["steps"] * train.get("budget_scale", 1.0))),
         context=preset.context,
         eval_every=int(train.get("eval_every", preset.eval_every)),
         batch_size=int(train["batch_size"]),

@@ -71,6 +71,20 @@ class MLP(nnx.Module):
         return self.out(h) if self.skip is None else self.out(h) + self.skip(x)
 
 
+class Quadratic(nnx.Module):
+    """`u -> u^T S u / 2` with `S = (A + A^T) / 2` learned (`A` starts at zero): the quadratic
+    part of a learned energy, whose gradient is a linear field. It is to an energy network
+    what a linear skip is to a field network: the harmonic part exactly, the network left to
+    learn the anharmonic correction."""
+
+    def __init__(self, dim: int):
+        self.a = nnx.Param(jnp.zeros((dim, dim)))
+
+    def __call__(self, u: Float[Array, " d"]) -> Float[Array, ""]:
+        s = 0.5 * (self.a[...] + self.a[...].T)
+        return 0.5 * u @ (s @ u)
+
+
 def lift(v: Array, ndim: int) -> Array:
     """`v` with leading unit axes up to `ndim` axes: a bias or a per-coordinate statistic made
     ready to meet a batch. Broadcasting made explicit; implicit rank promotion is an error in

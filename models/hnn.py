@@ -9,7 +9,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
 from ._base import ODEModel
-from ._common import MLP, Coordinates, check_state_dim, data_stats, own_transform
+from ._common import MLP, Coordinates, Quadratic, check_state_dim, data_stats, own_transform
 
 
 class CanonicalODEModel(ODEModel):
@@ -25,7 +25,8 @@ class CanonicalODEModel(ODEModel):
       so it survives `nnx.split` / `nnx.merge`, `jit` and stored variables. A model rebuilt to
       receive stored variables must be built with the same `coordinates` (the state's structure
       contains the system's parameters).
-    - `loss(windows)`: windows of observed states are mapped to `z` first; the normalisation
+    - `derivative_loss` / `trajectory_loss` (and so `loss`): windows of observed states are
+      mapped to `z` first; the normalisation
       statistics (`mean`, `std`) are those of `z` over the training data, so both objectives
       (trajectory matching, and the central differences `(z_{t+1} - z_{t-1}) / 2dt` of
       `objective="derivative"`) are taken in `z`.
@@ -101,9 +102,13 @@ class CanonicalODEModel(ODEModel):
             self.mean.set_value(jnp.asarray(mean, self.mean[...].dtype))
             self.std.set_value(jnp.asarray(std, self.std[...].dtype))
 
-    def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
-        """`ODEModel.loss` on the windows mapped to canonical coordinates."""
-        return super().loss(self.to_model(windows))
+    def derivative_loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        """`ODEModel.derivative_loss` on the windows mapped to canonical coordinates."""
+        return super().derivative_loss(self.to_model(windows))
+
+    def trajectory_loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
+        """`ODEModel.trajectory_loss` on the windows mapped to canonical coordinates."""
+        return super().trajectory_loss(self.to_model(windows))
 
     def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
         """`phi^{-1}` of the learned flow from `z_0 = phi(context[-1])`: `n_steps` states at
@@ -116,10 +121,12 @@ class CanonicalODEModel(ODEModel):
 class HNN(CanonicalODEModel):
     r"""Hamiltonian neural network (Greydanus et al. 2019), in canonical coordinates.
 
-    Learns a scalar `H(z) = MLP((z - m) / s)` of the canonical state `z = (q, p)` (see
-    `CanonicalODEModel`: `z = system.to_canonical(y)`, the identity for unit masses); the
-    vector field is `J grad H`, i.e. `q' = dH/dp`, `p' = -dH/dq`, so every forecast conserves
-    the learned `H` up to the integrator's error, and is mapped back to the observed `(q, q')`.
+    Learns a scalar `H(z) = MLP(u) + u^T S u / 2`, `u = (z - m) / s`, of the canonical state
+    `z = (q, p)` (see `CanonicalODEModel`: `z = system.to_canonical(y)`, the identity for unit
+    masses), with the learned symmetric `S` (`quadratic=True`, the default; `Quadratic`) so
+    that `H` contains every quadratic (harmonic) energy; the vector field is `J grad H`, i.e.
+    `q' = dH/dp`, `p' = -dH/dq`, so every forecast conserves the learned `H` up to the
+    integrator's error, and is mapped back to the observed `(q, q')`.
     Trained by trajectory matching over short windows (or, for the paper's reproduction,
     derivative matching: `objective="derivative"`). Needs a second-order state.
     """
@@ -135,16 +142,20 @@ class HNN(CanonicalODEModel):
         window: int = 10,
         objective: str = "trajectory",
         coordinates=None,
+        quadratic: bool = True,
         rngs: nnx.Rngs,
     ):
         check_state_dim(state_dim, even=True, who="HNN")
         super().__init__(state_dim, window=window, objective=objective, coordinates=coordinates)
         self.n = state_dim // 2
         self.net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
+        self.quadratic = Quadratic(state_dim) if quadratic else None
 
     def hamiltonian(self, z: Float[Array, " d"]) -> Float[Array, ""]:
         """The learned energy `H(z)` of one canonical state."""
-        return self.net((z - self.mean[...]) / self.std[...])[0]
+        u = (z - self.mean[...]) / self.std[...]
+        h = self.net(u)[0]
+        return h if self.quadratic is None else h + self.quadratic(u)
 
     def field(self, z: Float[Array, " d"]) -> Float[Array, " d"]:
         """`J grad H(z) = (dH/dp, -dH/dq)`, in canonical coordinates."""
@@ -155,8 +166,9 @@ class HNN(CanonicalODEModel):
 class DissipativeHNN(CanonicalODEModel):
     r"""Dissipative HNN (Sosanya and Greydanus 2022), in canonical coordinates.
 
-    Learns a Hamiltonian `H(z)` and a dissipation potential `D(z)` (two MLPs) of the canonical
-    state `z = (q, p)` (see `CanonicalODEModel`); the field is `J grad H + grad D` (Helmholtz
+    Learns a Hamiltonian `H(z)` and a dissipation potential `D(z)` (two MLPs, each with a
+    learned quadratic part as in `HNN`) of the canonical state `z = (q, p)` (see
+    `CanonicalODEModel`); the field is `J grad H + grad D` (Helmholtz
     decomposition into a divergence-free and a curl-free part). `D` captures damping and
     driving, `H` the conservative dynamics. Needs a second-order state.
     """
@@ -172,6 +184,7 @@ class DissipativeHNN(CanonicalODEModel):
         window: int = 10,
         objective: str = "trajectory",
         coordinates=None,
+        quadratic: bool = True,
         rngs: nnx.Rngs,
     ):
         check_state_dim(state_dim, even=True, who="DissipativeHNN")
@@ -179,14 +192,21 @@ class DissipativeHNN(CanonicalODEModel):
         self.n = state_dim // 2
         self.h_net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
         self.d_net = MLP(state_dim, 1, width=width, depth=depth, rngs=rngs)
+        self.h_quadratic = Quadratic(state_dim) if quadratic else None
+        self.d_quadratic = Quadratic(state_dim) if quadratic else None
+
+    def _potential(self, net, quadratic, z):
+        u = (z - self.mean[...]) / self.std[...]
+        v = net(u)[0]
+        return v if quadratic is None else v + quadratic(u)
 
     def hamiltonian(self, z: Float[Array, " d"]) -> Float[Array, ""]:
         """The learned conservative energy `H(z)` of one canonical state."""
-        return self.h_net((z - self.mean[...]) / self.std[...])[0]
+        return self._potential(self.h_net, self.h_quadratic, z)
 
     def dissipation(self, z: Float[Array, " d"]) -> Float[Array, ""]:
         """The learned dissipation potential `D(z)` of one canonical state."""
-        return self.d_net((z - self.mean[...]) / self.std[...])[0]
+        return self._potential(self.d_net, self.d_quadratic, z)
 
     def field(self, z: Float[Array, " d"]) -> Float[Array, " d"]:
         """`J grad H(z) + grad D(z)`, in canonical coordinates."""

@@ -74,7 +74,10 @@ class TrainConfig:
     - `eval_every`: steps per compiled chunk; the validation loss is evaluated
       (and a checkpoint written) after each.
     - `patience`: stop after that many evaluations without improvement of the
-      validation loss (None: never stop early).
+      validation loss (None: never stop early); `min_delta`: an improvement
+      counts towards patience only when it lowers the best validation loss by
+      more than this fraction of it (the best parameters are kept on any
+      improvement).
     - `precision`: `"float32"` or `"float64"` (needs `jax_enable_x64`): the
       dtype of the parameters and the data during training.
     - `window`: the length of the windows cut from the training trajectories
@@ -100,6 +103,7 @@ class TrainConfig:
     precision: Literal["float32", "float64"] = "float32"
     window: int | np.integer | None = None
     val_context: int | np.integer | None = None
+    min_delta: float | np.floating = 0.0
 
     def __post_init__(self):
         def bad(field, requirement):
@@ -127,6 +131,10 @@ class TrainConfig:
             or not self.grad_clip > 0
         ):
             bad("grad_clip", "> 0 (inf: no clipping)")
+        if not isinstance(self.min_delta, (int, float, np.integer, np.floating)) or not (
+            0 <= self.min_delta < 1
+        ):
+            bad("min_delta", "a fraction in [0, 1)")
         if self.precision not in ("float32", "float64"):
             bad("precision", "'float32' or 'float64'")
         # plain Python numbers: hashable like the originals, and JSON-serialisable for the
@@ -137,6 +145,7 @@ class TrainConfig:
             ("eval_every", int),
             ("lr", float),
             ("grad_clip", float),
+            ("min_delta", float),
         ):
             object.__setattr__(self, field, cast(getattr(self, field)))
         for field in ("patience", "warmup", "window", "val_context"):
@@ -253,18 +262,37 @@ def _windows_of(data, length, max_windows=256):
     return np.stack([data[i, s : s + length] for i, s in idx]) if idx else data[:, :length]
 
 
+def _schedule(count, lr, warmup, total):
+    """Linear warm-up from 0 to `lr` over `warmup` steps, then cosine decay to `lr / 100` at
+    `total` (optax's `warmup_cosine_decay_schedule`, written so that every argument may be an
+    array: the compiled training step does not depend on their values)."""
+    count = jnp.asarray(count, jnp.result_type(float))
+    warmup = jnp.maximum(jnp.asarray(warmup, count.dtype), 1.0)
+    decay = jnp.maximum(jnp.asarray(total, count.dtype) - warmup, 1.0)
+    progress = jnp.clip((count - warmup) / decay, 0.0, 1.0)
+    cosine = lr * (0.01 + 0.99 * 0.5 * (1 + jnp.cos(jnp.pi * progress)))
+    return jnp.where(count < warmup, lr * count / warmup, cosine)
+
+
+def _adam_on_schedule(lr, warmup, total, grad_clip):
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.scale_by_adam(),
+        optax.scale_by_schedule(lambda count: -_schedule(count, lr, warmup, total)),
+    )
+
+
 def _default_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """What `fit` uses without `optimizer=`: Adam on a linear-warm-up, cosine-decay schedule
     (0 -> `lr` over `warmup` steps, then down to `lr / 100` at `steps`), after clipping the
-    gradients to global norm `grad_clip`."""
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0,
-        config.lr,
-        warmup_steps=max(1, config.warmup_steps),
-        decay_steps=max(config.steps, config.warmup_steps + 1),
-        end_value=config.lr * 0.01,
+    gradients to global norm `grad_clip`. The four numbers live in the optimizer's state
+    (`optax.inject_hyperparams`), so runs that differ only in them share one compiled step."""
+    return optax.inject_hyperparams(_adam_on_schedule)(
+        lr=config.lr,
+        warmup=max(1, config.warmup_steps),
+        total=max(config.steps, config.warmup_steps + 1),
+        grad_clip=config.grad_clip,
     )
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(sched))
 
 
 def _model_loss(model, windows, key):
@@ -295,6 +323,16 @@ def _init_state(params, opt):
         "diverged": jnp.asarray(False),
         "diverged_step": jnp.asarray(-1, jnp.int32),
         "last_loss": jnp.asarray(jnp.nan, f),
+    }
+
+
+def _limits(cfg: TrainConfig):
+    """The budget and the patience (`2**30`: none), held in the state rather than compiled in."""
+    return {
+        "max_steps": jnp.asarray(cfg.steps, jnp.int32),
+        "patience": jnp.asarray(2**30 if cfg.patience is None else cfg.patience, jnp.int32),
+        "min_delta": jnp.asarray(cfg.min_delta, jnp.result_type(float)),
+        "patience_val": jnp.asarray(jnp.inf, jnp.result_type(float)),
     }
 
 
@@ -340,11 +378,13 @@ class _CompileTimer:
         jax.monitoring.unregister_event_duration_listener(self)
 
 
-def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: bool, loss: Loss):
-    """Returns `chunk(state, rest, key, train, val_batch, n_steps) -> (state, mean_loss, val)`.
+def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, loss: Loss):
+    """Returns `chunk(state, rest, key, train, n_steps) -> (state, mean_loss)`: `n_steps`
+    optimisation steps under `lax.scan` (a member that has stopped or diverged stays put).
 
     `window` is the window length for trajectory data, None for full-batch data (every step
-    sees all of `train`)."""
+    sees all of `train`). Compiled code depends on `cfg` only through `batch_size`; the budget,
+    the patience and the default optimizer's numbers are values in the state."""
 
     def loss_fn(params, rest, batch, key):
         return loss(nnx.merge(graphdef, params, rest), batch, key)
@@ -363,7 +403,7 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: b
         )
         return windows, loss_key
 
-    def chunk(state, rest, key, train, val_batch, n_steps):
+    def chunk(state, rest, key, train, n_steps):
         def body(st, _):
             active = ~st["stopped"] & ~st["diverged"]
             batch, loss_key = sample(key, st["step"], train)
@@ -382,34 +422,46 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, has_val: b
             st["step"] = st["step"] + ok.astype(jnp.int32)
             return st, jnp.where(ok, loss, jnp.nan)
 
-        was_active = ~state["stopped"] & ~state["diverged"]
         state, losses = jax.lax.scan(body, state, None, length=n_steps)
-        mean_loss = jnp.nanmean(losses)
+        return state, jnp.nanmean(losses)
+
+    return chunk
+
+
+def _build_evaluate(graphdef, has_val: bool, val_context: int | None, loss: Loss | None):
+    """Returns `evaluate(state, rest, key, val_batch, was_active) -> (state, val)`: the
+    validation criterion after a chunk (the loss on validation windows, or with `val_context`
+    the rollout nmse), the best parameters so far, early stopping and the budget. Compiled
+    once per architecture and criterion, whatever the stage's windows, loss or budget."""
+
+    def evaluate(state, rest, key, val_batch, was_active):
+        state = dict(state)
         if has_val:
-            if cfg.val_context is None:
-                val = loss_fn(state["params"], rest, val_batch, jax.random.fold_in(key, _VAL_KEY))
+            model = nnx.merge(graphdef, state["params"], rest)
+            if val_context is None:
+                val = loss(model, val_batch, jax.random.fold_in(key, _VAL_KEY))
             else:
-                val = _rollout_nmse(
-                    nnx.merge(graphdef, state["params"], rest), *val_batch, cfg.val_context
-                )
-            evaluate = was_active & ~state["diverged"]
-            improved = evaluate & jnp.isfinite(val) & (val < state["best_val"])
+                val = _rollout_nmse(model, *val_batch, val_context)
+            evaluate_now = was_active & ~state["diverged"]
+            improved = evaluate_now & jnp.isfinite(val) & (val < state["best_val"])
             state["best_params"] = jax.tree.map(
                 lambda a, b: jnp.where(improved, a, b), state["params"], state["best_params"]
             )
             state["best_val"] = jnp.where(improved, val, state["best_val"])
+            # patience counts evaluations without an improvement by more than min_delta
+            significant = improved & (val < state["patience_val"] * (1 - state["min_delta"]))
+            state["patience_val"] = jnp.where(significant, val, state["patience_val"])
             state["bad_evals"] = jnp.where(
-                improved, 0, state["bad_evals"] + evaluate.astype(jnp.int32)
+                significant, 0, state["bad_evals"] + evaluate_now.astype(jnp.int32)
             )
-            if cfg.patience is not None:
-                state["stopped"] = state["stopped"] | (state["bad_evals"] >= cfg.patience)
+            state["stopped"] = state["stopped"] | (state["bad_evals"] >= state["patience"])
         else:
-            val = jnp.asarray(jnp.nan, mean_loss.dtype)
+            val = jnp.asarray(jnp.nan, state["best_val"].dtype)
             state["best_params"] = state["params"]
-        state["stopped"] = state["stopped"] | (state["step"] >= cfg.steps)
-        return state, mean_loss, val
+        state["stopped"] = state["stopped"] | (state["step"] >= state["max_steps"])
+        return state, val
 
-    return chunk
+    return evaluate
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -566,12 +618,14 @@ def _run(
         ]
     )
     opt = optimizer if optimizer is not None else _default_optimizer(cfg)
-    state = jax.vmap(lambda p: _init_state(p, opt))(params)
+    state = jax.vmap(lambda p: {**_init_state(p, opt), **_limits(cfg)})(params)
 
     sharding = _member_sharding(n_members)
     if sharding is not None:
         state, rest, key_data = jax.device_put((state, rest, key_data), sharding)
-    step_fn = _chunk_for(graphdef, cfg, window, has_val, strategy, loss, optimizer)
+    train_fn = _compiled_chunk(graphdef, cfg.batch_size, window, strategy, loss, optimizer)
+    val_loss = None if (has_val and cfg.val_context is not None) else loss
+    eval_fn = _compiled_evaluate(graphdef, has_val, cfg.val_context, strategy, val_loss)
 
     ckpt = None
     history: list[dict] = []
@@ -610,7 +664,9 @@ def _run(
                 break
             n_steps = min(cfg.eval_every, cfg.steps - c * cfg.eval_every)
             with timer:
-                state, loss_value, val = step_fn(state, rest, key_data, train, val_batch, n_steps)
+                was_active = ~state["stopped"] & ~state["diverged"]
+                state, loss_value = train_fn(state, rest, key_data, train, n_steps)
+                state, val = eval_fn(state, rest, key_data, was_active, val_batch)
                 loss_value, val = np.asarray(loss_value), np.asarray(val)
             patience_fired = (
                 np.asarray(state["bad_evals"]) >= cfg.patience
@@ -659,51 +715,65 @@ def _run(
     return models, history, state, diverged
 
 
-def _chunk_for(graphdef, cfg, window, has_val, strategy, loss, optimizer):
-    try:
-        hash((loss, optimizer))
-    except TypeError:  # an unhashable custom loss or optimizer: compiled afresh, not cached
-        return _compiled_chunk.__wrapped__(
-            graphdef, cfg, window, has_val, strategy, loss, optimizer
-        )
-    return _compiled_chunk(graphdef, cfg, window, has_val, strategy, loss, optimizer)
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled_chunk(
-    graphdef,
-    cfg: TrainConfig,
-    window: int | None,
-    has_val: bool,
-    strategy: str,
-    loss: Loss,
-    optimizer,
-):
-    """The jitted, member-batched training chunk; cached, so that repeated fits of the same
-    architecture, configuration, loss and optimizer (seeds, ensembles, resumed runs) compile
-    once."""
-    opt = optimizer if optimizer is not None else _default_optimizer(cfg)
-    chunk = _build_chunk(graphdef, opt, cfg, window, has_val, loss)
-
-    def run_member(st, r, kd, train, val_batch, n_steps):
-        return chunk(st, r, jax.random.wrap_key_data(kd), train, val_batch, n_steps)
-
-    if strategy == "single":
-        # one member: no batching at all (a vmap of one costs ~15% on the LSTM)
-
-        def batched(st, r, kd, train, val_batch, n):
-            squeeze = lambda t: jax.tree.map(lambda x: x[0], t)  # noqa: E731
-            out = run_member(squeeze(st), squeeze(r), kd[0], train, val_batch, n)
-            return jax.tree.map(lambda x: x[None], out)
-    elif strategy == "vmap":
-        batched = jax.vmap(run_member, in_axes=(0, 0, 0, None, None, None))
-    elif strategy == "map":
-
-        def batched(st, r, kd, train, val_batch, n):
-            return jax.lax.map(lambda a: run_member(*a, train, val_batch, n), (st, r, kd))
-    else:
+def _over_members(fn, strategy: str, n_member: int):
+    """`fn(*member_args, *shared_args)` batched over the leading member axis of its first
+    `n_member` arguments: `"single"` (one member, no batching at all: a vmap of one costs
+    ~15% on the LSTM), `"vmap"` or `"map"` (`lax.map`)."""
+    if strategy not in ("single", "vmap", "map"):
         raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
-    return jax.jit(batched, static_argnums=5)
+
+    def batched(*args):
+        members, shared = args[:n_member], args[n_member:]
+        if strategy == "single":
+            out = fn(*jax.tree.map(lambda x: x[0], members), *shared)
+            return jax.tree.map(lambda x: x[None], out)
+        if strategy == "vmap":
+            return jax.vmap(lambda *m: fn(*m, *shared))(*members)
+        return jax.lax.map(lambda m: fn(*m, *shared), members)
+
+    return batched
+
+
+def _cached(builder):
+    """`functools.lru_cache` for the compiled programs, skipped for an unhashable custom loss
+    or optimizer (compiled afresh each time)."""
+    cached = functools.lru_cache(maxsize=64)(builder)
+
+    @functools.wraps(builder)
+    def get(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return builder(*args)
+        return cached(*args)
+
+    return get
+
+
+@_cached
+def _compiled_chunk(graphdef, batch_size: int, window, strategy: str, loss: Loss, optimizer):
+    """The jitted, member-batched training chunk `(state, rest, key_data, train, n_steps)`;
+    cached, so that fits of the same architecture, window, batch size, loss and optimizer
+    (seeds, ensembles, learning rates, budgets, resumed runs) compile once."""
+    opt = optimizer if optimizer is not None else _default_optimizer(TrainConfig(steps=2))
+    chunk = _build_chunk(graphdef, opt, TrainConfig(steps=1, batch_size=batch_size), window, loss)
+
+    def run_member(st, r, kd, train, n_steps):
+        return chunk(st, r, jax.random.wrap_key_data(kd), train, n_steps)
+
+    return jax.jit(_over_members(run_member, strategy, 3), static_argnums=4)
+
+
+@_cached
+def _compiled_evaluate(graphdef, has_val: bool, val_context, strategy: str, loss: Loss | None):
+    """The jitted, member-batched validation `(state, rest, key_data, was_active, val_batch)`;
+    cached like `_compiled_chunk`, and shared by every stage of a recipe."""
+    evaluate = _build_evaluate(graphdef, has_val, val_context, loss)
+
+    def run_member(st, r, kd, was_active, val_batch):
+        return evaluate(st, r, jax.random.wrap_key_data(kd), val_batch, was_active)
+
+    return jax.jit(_over_members(run_member, strategy, 4))
 
 
 def _member_sharding(n_members: int):

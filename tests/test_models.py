@@ -78,27 +78,50 @@ def datasets():
     return get
 
 
-# name -> (constructor, dataset, fit arguments). Small networks (one hidden layer: compilation,
-# not arithmetic, is the cost here); lr and steps chosen so that the loss falls well over
-# tenfold (measured: 35x to 1000x).
-NN = dict(steps=400, eval_every=50, lr=1e-2)
+# name -> (constructor, dataset, how it is trained). Small networks (one hidden layer:
+# compilation, not arithmetic, is the cost here). The learners are trained as the study trains
+# them, by a recipe (a derivative stage, then trajectories; the LSTM on its own objective),
+# every stage stopped early on the validation rollout; the structured models by `fit` from
+# their least-squares identification.
+def _ode_recipe():
+    return m.Recipe(
+        stages=(
+            m.Stage("derivative", m.recipes.derivative_objective, 5, 1500),
+            m.Stage("window 10", m.recipes.trajectory_objective, 10, 300, lr_scale=0.3),
+        ),
+        context=N_CONTEXT,
+        eval_every=100,
+        batch_size=16,
+        lr=1e-2,
+    )
+
+
+def _lstm_recipe():
+    return m.Recipe(
+        stages=(m.Stage("own loss", None, 11, 1000),),
+        context=N_CONTEXT,
+        eval_every=100,
+        batch_size=16,
+        lr=1e-2,
+    )
+
+
 SPECS = {
-    "LSTM": (
-        lambda r: m.LSTM(DIM, hidden=16, warmup=5, rollout=5, rngs=r),
+    "LSTM": (lambda r: m.LSTM(DIM, hidden=16, warmup=5, rollout=5, rngs=r), "chain", _lstm_recipe),
+    "NeuralODE": (lambda r: m.NeuralODE(DIM, width=16, depth=1, rngs=r), "chain", _ode_recipe),
+    "SecondOrderNODE": (
+        lambda r: m.SecondOrderNODE(DIM, width=16, depth=1, rngs=r),
         "chain",
-        dict(NN, steps=300),
+        _ode_recipe,
     ),
-    "NeuralODE": (lambda r: m.NeuralODE(DIM, width=16, depth=1, rngs=r), "chain", NN),
-    "SecondOrderNODE": (lambda r: m.SecondOrderNODE(DIM, width=16, depth=1, rngs=r), "chain", NN),
-    "HNN": (lambda r: m.HNN(DIM, width=16, depth=1, rngs=r), "chain", NN),
-    "DissipativeHNN": (lambda r: m.DissipativeHNN(DIM, width=16, depth=1, rngs=r), "chain", NN),
-    # derivative matching (the LNN paper's set-up) compiles 2-3x faster than a rollout through
-    # the Hessian solve; the forecast still integrates the learned accelerations
-    "LNN": (
-        lambda r: m.LNN(DIM, width=16, depth=1, objective="derivative", rngs=r),
+    # H must be built from tanh units: 16 of them leave the quadratic energy visibly rough
+    "HNN": (lambda r: m.HNN(DIM, width=32, depth=1, rngs=r), "chain", _ode_recipe),
+    "DissipativeHNN": (
+        lambda r: m.DissipativeHNN(DIM, width=16, depth=1, rngs=r),
         "chain",
-        dict(NN, steps=150),
+        _ode_recipe,
     ),
+    "LNN": (lambda r: m.LNN(DIM, width=16, depth=1, rngs=r), "chain", _ode_recipe),
     "Oscillator-harmonic": (
         lambda r: m.OscillatorModel(DIM, k=3, kind="harmonic", rngs=r),
         "chain",
@@ -124,17 +147,23 @@ def fitted(datasets):
 
     def get(name):
         if name not in cache:
-            make, data_name, kwargs = SPECS[name]
+            make, data_name, how = SPECS[name]
             ds = datasets(data_name)
-            model, history = m.fit(
-                make(nnx.Rngs(0)),
-                ds,
-                key=jax.random.key(1),
-                batch_size=16,
-                precision="float64",
-                progress=False,
-                **kwargs,
-            )
+            if callable(how):
+                model, result = how().fit(
+                    make(nnx.Rngs(0)), ds, key=jax.random.key(1), precision="float64"
+                )
+                history = result.history
+            else:
+                model, history = m.fit(
+                    make(nnx.Rngs(0)),
+                    ds,
+                    key=jax.random.key(1),
+                    batch_size=16,
+                    precision="float64",
+                    progress=False,
+                    **how,
+                )
             cache[name] = (model, history, ds)
         return cache[name]
 
@@ -156,18 +185,48 @@ def _params_finite(model):
 
 
 # ------------------------------------------------------------------ fitting and forecasting
+def _nmse(pred, true):
+    """Squared error per coordinate over the variance of the truth, averaged."""
+    var = np.var(np.asarray(true).reshape(-1, true.shape[-1]), axis=0)
+    return float(np.mean((np.asarray(pred) - np.asarray(true)) ** 2 / var))
+
+
+def _straight_line(contexts, n_steps):
+    """The zero-parameter extrapolator `y_{t+1} = 2 y_t - y_{t-1}`, iterated: a straight line
+    through the last two context states."""
+    step = contexts[:, -1] - contexts[:, -2]
+    return contexts[:, -1:] + step[:, None] * np.arange(1, n_steps + 1)[None, :, None]
+
+
+#: the absolute accuracy every learner reaches on held-out trajectories over N_FORECAST steps
+#: (2 time units, about half a period of the fastest mode): measured 4e-9 (structured models)
+#: and 5e-3 to 2e-2 (the networks); an untrained network is at 2 to 8e5, the straight line 4.9
+FORECAST_NMSE = 3e-2
+
+
 @pytest.mark.parametrize("name", SPECS)
-def test_loss_falls_tenfold(name, fitted):
-    model, history, _ = fitted(name)
-    _, _, kwargs = SPECS[name]
-    assert len(history) == kwargs["steps"] // kwargs["eval_every"]
-    assert history[-1]["step"] == kwargs["steps"]
-    losses = np.array([r["train_loss"] for r in history])
-    assert np.all(np.isfinite(losses))
-    print(f"{name}: train loss {losses[0]:.3g} -> {losses[-1]:.3g} ({losses[0] / losses[-1]:.0f}x)")
-    assert losses[0] / losses[-1] >= 10, (name, losses)
+def test_every_learner_reaches_an_absolute_forecast_accuracy(name, fitted):
+    """Not a relative drop of the loss: the trained model's forecast of held-out trajectories
+    is accurate in absolute terms, far better than the same model untrained and than the
+    zero-parameter straight-line extrapolator."""
+    model, history, ds = fitted(name)
+    make, _, _ = SPECS[name]
+    assert np.all(np.isfinite([r["train_loss"] for r in history]))
     assert model.dt == DT
     assert _params_finite(model)
+    test = ds.test
+    contexts = jnp.asarray(test[:, :N_CONTEXT])
+    true = test[:, N_CONTEXT : N_CONTEXT + N_FORECAST]
+    trained = _nmse(_batched_forecast(model, contexts, N_FORECAST), true)
+    untrained_model = make(nnx.Rngs(0))
+    untrained_model.prepare(ds)
+    untrained = _nmse(_batched_forecast(untrained_model, contexts, N_FORECAST), true)
+    line = _nmse(_straight_line(np.asarray(contexts), N_FORECAST), true)
+    print(f"{name}: forecast nmse {trained:.2e} (untrained {untrained:.2e}, straight line {line:.2e})")
+    assert trained < FORECAST_NMSE, trained
+    assert trained < 0.1 * line, (trained, line)
+    if not name.startswith("Oscillator"):  # the structured models start from the lstsq fit
+        assert trained < 0.1 * untrained, (trained, untrained)
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -190,10 +249,12 @@ def test_lstm_teacher_forced_call(fitted):
     pred = lstm(xs)
     assert pred.shape == (30, DIM)
     assert bool(jnp.all(jnp.isfinite(pred)))
-    # the trained LSTM beats persistence (next state = current state) on held-out data
-    err = float(jnp.mean((pred[:-1] - xs[1:]) ** 2))
-    persistence = float(jnp.mean((xs[:-1] - xs[1:]) ** 2))
-    assert err < 0.2 * persistence, (err, persistence)
+    # the trained LSTM's one-step prediction beats the zero-parameter extrapolator
+    # 2 y_t - y_(t-1) on held-out data (persistence, y_t, would be a far weaker bar)
+    err = float(jnp.mean((pred[1:-1] - xs[2:]) ** 2))
+    line = float(jnp.mean((2 * xs[1:-1] - xs[:-2] - xs[2:]) ** 2))
+    print(f"LSTM one-step error {err:.2e}, 2y_t - y_(t-1): {line:.2e}")
+    assert err < line, (err, line)
     # the first forecast step is the teacher-forced prediction after reading the context
     np.testing.assert_allclose(
         lstm.forecast(xs[:N_CONTEXT], 3)[0], pred[N_CONTEXT - 1], rtol=1e-10, atol=1e-12
@@ -202,9 +263,11 @@ def test_lstm_teacher_forced_call(fitted):
 
 # ------------------------------------------------------------------ structure
 @pytest.mark.parametrize("kind", ["harmonic", "pendulum"])
-def test_oscillator_model_recovers_the_truth(kind, fitted):
-    """k == n: the learned frequencies within 1%, the coupling within 5% where the true one is
-    non-zero and near zero where it is zero; the forecast extrapolates past the training window."""
+def test_oscillator_model_lstsq_identifies_the_truth(kind, fitted):
+    """k == n with `init="lstsq"` (system identification from the data; training only refines
+    it): the frequencies within 1%, the coupling within 5% where the true one is non-zero and
+    near zero where it is zero; the forecast extrapolates past the training window. Recovery
+    from the data-agnostic start, by training alone, is tested in test_structured.py."""
     model, _, ds = fitted(f"Oscillator-{kind}")
     omega = np.asarray(model.frequencies())
     kappa = np.asarray(model.coupling())
@@ -236,27 +299,26 @@ def test_oscillator_model_with_fewer_oscillators_finds_the_latent_modes(fitted):
     assert model.readout[...].shape == (3, 2)
 
 
-def test_hnn_forecast_conserves_its_learned_energy(fitted):
-    """RK4 on `J grad H` at the data's dt: the learned H drifts by < 1e-3 of its spread over
-    the training states across 100 steps (twice the training window). Nothing of the kind is
-    built into the NeuralODE, whose forecasts only conserve energy as far as the fit is good."""
+def test_trained_hnn_drifts_far_less_in_the_true_energy_than_an_untrained_one(fitted):
+    """The study's claim, not the integrator's: along forecasts of held-out trajectories over
+    100 steps (twice the training window) the *true* energy of the trained HNN drifts far less
+    than that of the same HNN untrained (any HNN conserves its own learned H, so that cannot be
+    the test)."""
     hnn, _, ds = fitted("HNN")
-    n_steps = 100
-    forecasts = _batched_forecast(hnn, jnp.asarray(ds.test[:, :N_CONTEXT]), n_steps)
-    energy = jax.vmap(jax.vmap(hnn.hamiltonian))(forecasts)  # (n_test, n_steps)
-    spread = float(jnp.std(jax.vmap(hnn.hamiltonian)(jnp.asarray(ds.train.reshape(-1, DIM)))))
-    drift = float(jnp.max(jnp.abs(energy - energy[:, :1])))
-    print(f"HNN learned-energy drift / spread over {n_steps} steps: {drift / spread:.2e}")
-    assert drift / spread < 1e-3
-    # for contrast, the true energy along the HNN and NeuralODE forecasts (printed, not asserted)
-    system = ds.system
-    node, _, _ = fitted("NeuralODE")
-    node_fc = _batched_forecast(node, jnp.asarray(ds.test[:, :N_CONTEXT]), n_steps)
-    for label, fc in (("HNN", forecasts), ("NeuralODE", node_fc)):
-        e = system.energy(fc)
-        print(
-            f"{label}: true-energy relative drift {float(jnp.max(jnp.abs(e / e[:, :1] - 1))):.2e}"
-        )
+    make, _, _ = SPECS["HNN"]
+    untrained = make(nnx.Rngs(0))
+    untrained.prepare(ds)
+    contexts = jnp.asarray(ds.test[:, :N_CONTEXT])
+    e0 = ds.system.energy(contexts[:, -1])[:, None]
+
+    def drift(model):
+        e = ds.system.energy(_batched_forecast(model, contexts, 100))
+        return float(jnp.mean(jnp.abs(e - e0) / jnp.abs(e0)))
+
+    trained_drift, untrained_drift = drift(hnn), drift(untrained)
+    print(f"HNN true-energy drift: trained {trained_drift:.2e}, untrained {untrained_drift:.2e}")
+    assert trained_drift < 0.1 * untrained_drift, (trained_drift, untrained_drift)
+    assert trained_drift < 0.05, trained_drift
 
 
 @functools.partial(jax.jit, static_argnums=0)
