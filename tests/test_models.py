@@ -97,7 +97,7 @@ SPECS = {
     "LNN": (
         lambda r: m.LNN(DIM, width=16, depth=1, objective="derivative", rngs=r),
         "chain",
-        dict(NN, steps=150),
+        dict(NN, steps=300),
     ),
     "Oscillator-harmonic": (
         lambda r: m.OscillatorModel(DIM, k=3, kind="harmonic", rngs=r),
@@ -271,8 +271,9 @@ def _lnn_probe(graphdef, params, rest, y, windows):
 
 @pytest.mark.parametrize("how", ["zero network", "L nearly independent of qdot"])
 def test_lnn_finite_where_the_hessian_is_singular(how):
-    # the derivative objective differentiates through the same accelerations and compiles fast
-    lnn = m.LNN(DIM, width=8, depth=1, objective="derivative", rngs=nnx.Rngs(0))
+    # the derivative objective differentiates through the same accelerations and compiles fast;
+    # without the kinetic prior (which would make the Hessian the identity) the guard is all
+    lnn = m.LNN(DIM, width=8, depth=1, objective="derivative", kinetic_prior=0.0, rngs=nnx.Rngs(0))
     lnn.dt = DT
     graphdef, params, rest = nnx.split(lnn, nnx.Param, ...)
     if how == "zero network":
@@ -374,6 +375,7 @@ def test_bad_state_dim_is_refused(name, state_dim):
         (lambda: m.HNN(DIM, window=1, rngs=nnx.Rngs(0)), "window"),
         (lambda: m.HNN(DIM, objective="energy", rngs=nnx.Rngs(0)), "objective"),
         (lambda: m.LNN(DIM, eps=0.0, rngs=nnx.Rngs(0)), "eps"),
+        (lambda: m.LNN(DIM, kinetic_prior=-1.0, rngs=nnx.Rngs(0)), "kinetic_prior"),
     ],
 )
 def test_bad_hyperparameters_are_refused(make, match):
