@@ -54,8 +54,11 @@ class Preset:
     """RK4 substeps per 0.1 time units in the rollouts"""
     lnn_lr: float = 1e-3
     """peak of the one-cycle learning-rate schedule (the paper: 1e-3)"""
-    lnn_normalise: bool = False
-    """scale the inputs by the standard deviations of the training distribution"""
+    lnn_normalise: bool = True
+    """scale the inputs by the standard deviations of the training distribution (the paper
+    did not; it scaled its initialisation instead)"""
+    lnn_grad_clip: float = 1.0
+    """clip the gradients to this global norm (inf: no clipping, as in the paper)"""
     time_rescale: bool = True
     """stretch the learned fields' rollout time by 1 + 0.9 * noise_std, as the HNN notebooks did"""
 
@@ -79,6 +82,10 @@ class Preset:
                 raise ValueError(
                     f"preset {self.name!r}: {f} must be finite and > 0, got {getattr(self, f)!r}"
                 )
+        if not self.lnn_grad_clip > 0:  # inf allowed: no clipping
+            raise ValueError(
+                f"preset {self.name!r}: lnn_grad_clip must be > 0, got {self.lnn_grad_clip!r}"
+            )
         for f in ("hnn_seeds", "lnn_seeds"):
             if not getattr(self, f):
                 raise ValueError(f"preset {self.name!r}: {f} needs at least one seed")
