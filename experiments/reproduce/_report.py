@@ -158,7 +158,8 @@ def summary_markdown(rows: list[dict], preset: Preset, extra: dict) -> str:
         "paper's tuned one, and gradients clipped to norm `lnn_grad_clip`; the LNN adds a fixed "
         "kinetic prior |v|^2/2 (v the scaled velocities) to its network's output, so that its "
         "Hessian in q' starts positive definite, and solves with a Tikhonov-regularised inverse "
-        "Hessian (threshold 1e-3 of its largest eigenvalue) instead of `pinv`; rollouts with "
+        f"Hessian (threshold {preset.lnn_eps:g} of its largest eigenvalue) instead of `pinv`; "
+        "rollouts with "
         "fixed-step RK4 instead of `odeint`, and the true energy taken as the conserved energy "
         "of the start.",
     ]
