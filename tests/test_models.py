@@ -222,7 +222,9 @@ def test_every_learner_reaches_an_absolute_forecast_accuracy(name, fitted):
     untrained_model.prepare(ds)
     untrained = _nmse(_batched_forecast(untrained_model, contexts, N_FORECAST), true)
     line = _nmse(_straight_line(np.asarray(contexts), N_FORECAST), true)
-    print(f"{name}: forecast nmse {trained:.2e} (untrained {untrained:.2e}, straight line {line:.2e})")
+    print(
+        f"{name}: forecast nmse {trained:.2e} (untrained {untrained:.2e}, straight line {line:.2e})"
+    )
     assert trained < FORECAST_NMSE, trained
     assert trained < 0.1 * line, (trained, line)
     if not name.startswith("Oscillator"):  # the structured models start from the lstsq fit
@@ -333,8 +335,9 @@ def _lnn_probe(graphdef, params, rest, y, windows):
 
 @pytest.mark.parametrize("how", ["zero network", "L nearly independent of qdot"])
 def test_lnn_finite_where_the_hessian_is_singular(how):
-    # the derivative objective differentiates through the same accelerations and compiles fast
-    lnn = m.LNN(DIM, width=8, depth=1, objective="derivative", rngs=nnx.Rngs(0))
+    # the derivative objective differentiates through the same accelerations and compiles fast;
+    # without the kinetic prior (which would make the Hessian the identity) the guard is all
+    lnn = m.LNN(DIM, width=8, depth=1, objective="derivative", kinetic_prior=0.0, rngs=nnx.Rngs(0))
     lnn.dt = DT
     graphdef, params, rest = nnx.split(lnn, nnx.Param, ...)
     if how == "zero network":
@@ -436,6 +439,7 @@ def test_bad_state_dim_is_refused(name, state_dim):
         (lambda: m.HNN(DIM, window=1, rngs=nnx.Rngs(0)), "window"),
         (lambda: m.HNN(DIM, objective="energy", rngs=nnx.Rngs(0)), "objective"),
         (lambda: m.LNN(DIM, eps=0.0, rngs=nnx.Rngs(0)), "eps"),
+        (lambda: m.LNN(DIM, kinetic_prior=-1.0, rngs=nnx.Rngs(0)), "kinetic_prior"),
     ],
 )
 def test_bad_hyperparameters_are_refused(make, match):

@@ -250,9 +250,53 @@ def test_double_pendulum_trains_through_models_fit_and_divergence_is_training_di
     res = R.run_dp("baseline", 0, preset)
     (call,) = fit_calls
     assert call["dataset"] is None and call["loss"] is R.dp_loss(preset.lnn_batch)
-    assert call["optimizer"] is R.lnn_optimizer(3, preset.lnn_lr)
+    assert call["optimizer"] is R.lnn_optimizer(3, preset.lnn_lr, preset.lnn_grad_clip)
     assert np.isfinite(res["test_loss"])
     # targets that turn non-finite (another batch size: a loss of its own, compiled afresh)
     monkeypatch.setattr(R._lnn, "dp_accelerations", lambda y: jnp.full((y.shape[0], 2), jnp.nan))
     with pytest.raises(models.TrainingDiverged, match="at step 0"):
         R.run_dp("baseline", 0, dataclasses.replace(preset, lnn_batch=17))
+
+
+def test_double_pendulum_follows_the_lnn_notebooks():
+    """The set-up of the LNN notebooks: training states uniform with angles in [0, 2pi) and
+    velocities in [-10, 10], the analytic accelerations as targets, rollout starts with angles
+    in [0, 2pi) and velocities in [0, 0.1), the energy scale 29.4; a softplus LNN (with its
+    kinetic prior) against a ReLU baseline."""
+    import jax
+    from flax import nnx
+
+    import dynamics
+    import models
+
+    y = np.asarray(R.dp_states(jax.random.key(0), 4096))
+    assert y.shape == (4096, 4)
+    assert 0 <= y[:, :2].min() < 0.01 and 2 * np.pi - 0.01 < y[:, :2].max() < 2 * np.pi
+    assert -10 <= y[:, 2:].min() < -9.9 and 9.9 < y[:, 2:].max() <= 10
+    system = dynamics.DoublePendulum()
+    np.testing.assert_allclose(
+        np.asarray(R._lnn.dp_accelerations(jnp.asarray(y[:5]))),
+        np.stack([np.asarray(system.vector_field(0.0, jnp.asarray(s)))[2:] for s in y[:5]]),
+        rtol=1e-6,
+    )
+    y0 = R.dp_eval_states(0, 40)
+    assert y0.shape == (40, 4)
+    assert 0 <= y0[:, :2].min() and y0[:, :2].max() < 2 * np.pi and np.ptp(y0[:, :2]) > 5
+    assert 0 <= y0[:, 2:].min() and y0[:, 2:].max() < 0.1
+    assert R.MAX_POTENTIAL == pytest.approx(2 * 9.8 + 9.8)
+    np.testing.assert_array_equal(R.dp_eval_states(0, 40), y0)  # seeded
+    # the networks: a softplus LNN, the wrap to [-pi, pi) before it
+    lnn = models.LNN(4, width=8, depth=1, rngs=nnx.Rngs(0))
+    assert lnn.net.activation is jax.nn.softplus and lnn.kinetic_prior > 0
+    f = R._lnn.wrapped_field(lnn)
+    s = jnp.asarray([0.3, 2.0, 1.0, -1.0])
+    np.testing.assert_allclose(f(s), f(s + jnp.asarray([2 * np.pi, -2 * np.pi, 0, 0])), rtol=1e-5)
+
+
+def test_tiny_double_pendulum_budget_runs_end_to_end_with_finite_numbers():
+    preset = dataclasses.replace(R.PRESETS["tiny"], lnn_steps=30, lnn_rollouts=4, lnn_t_end=3.0)
+    for label in ("LNN", "baseline"):
+        res = R.run_dp(label, 0, preset)
+        for k in ("test_loss", "final_train_loss", "energy_error", "energy_error_median"):
+            assert np.isfinite(res[k]) and res[k] >= 0, (label, k, res[k])
+        assert res["n_nonfinite_rollouts"] == 0 and res["n_params"] > 0

@@ -54,8 +54,14 @@ class Preset:
     """RK4 substeps per 0.1 time units in the rollouts"""
     lnn_lr: float = 1e-3
     """peak of the one-cycle learning-rate schedule (the paper: 1e-3)"""
-    lnn_normalise: bool = False
-    """scale the inputs by the standard deviations of the training distribution"""
+    lnn_normalise: bool = True
+    """scale the inputs by the standard deviations of the training distribution (the paper
+    did not; it scaled its initialisation instead)"""
+    lnn_grad_clip: float = 1.0
+    """clip the gradients to this global norm (inf: no clipping, as in the paper)"""
+    lnn_eps: float = 1e-2
+    """the LNN's Tikhonov threshold, relative to its Hessian's largest eigenvalue (the true
+    double pendulum's condition number is at most 6.9; the paper used `pinv`)"""
     time_rescale: bool = True
     """stretch the learned fields' rollout time by 1 + 0.9 * noise_std, as the HNN notebooks did"""
 
@@ -74,11 +80,15 @@ class Preset:
                 raise ValueError(
                     f"preset {self.name!r}: {f} must be >= 1, got {getattr(self, f)!r}"
                 )
-        for f in ("lnn_t_end", "lnn_lr"):
+        for f in ("lnn_t_end", "lnn_lr", "lnn_eps"):
             if not (math.isfinite(getattr(self, f)) and getattr(self, f) > 0):
                 raise ValueError(
                     f"preset {self.name!r}: {f} must be finite and > 0, got {getattr(self, f)!r}"
                 )
+        if not self.lnn_grad_clip > 0:  # inf allowed: no clipping
+            raise ValueError(
+                f"preset {self.name!r}: lnn_grad_clip must be > 0, got {self.lnn_grad_clip!r}"
+            )
         for f in ("hnn_seeds", "lnn_seeds"):
             if not getattr(self, f):
                 raise ValueError(f"preset {self.name!r}: {f} needs at least one seed")
@@ -111,7 +121,7 @@ class Preset:
         if task == "double_pendulum":
             return (
                 f"REDUCED budget: {self.lnn_steps} Adam steps x batch {self.lnn_batch}, "
-                f"{self.lnn_depth}x{self.lnn_width} softplus MLP "
+                f"{self.lnn_depth}x{self.lnn_width} MLPs (softplus LNN, ReLU baseline) "
                 "(paper: ~600k steps x 512, 3x600); "
                 f"{self.lnn_rollouts} rollouts to t={self.lnn_t_end:g} (paper: 40 to t=100)"
             )
@@ -156,9 +166,9 @@ PRESETS = {
         "full",
         hnn_steps=2000,
         hnn_seeds=(0, 1, 2),
-        lnn_steps=3000,
-        lnn_batch=128,
-        lnn_width=64,
+        lnn_steps=20_000,
+        lnn_batch=256,
+        lnn_width=128,
         lnn_seeds=(0, 1),
     ),
 }
