@@ -251,12 +251,15 @@ def ode_recipe(
        minimum mid-schedule cost the HNN a factor of 40 in interp_nmse.
     2. trajectory matching on windows of `windows[0]` states (`budget / 20`
        steps), of `windows[1]` (`budget / 80`), then of the whole training
-       window (`budget / 100` steps, batches of 4, validated every 25 steps):
-       the longer the window, the dearer a step, and the lower the learning
-       rate (0.3x, 0.3x, 0.1x the recipe's `lr`).
+       window (`budget / 40` steps, batches of 4, validated every 20 steps,
+       patience 3):
+       the longer the window, the dearer a step. The learning rates are low
+       (0.1x, 0.1x, 0.03x the recipe's `lr`): at 0.3x each stage's warm-up
+       threw the model out of the derivative stage's optimum and spent the
+       stage recovering.
 
-    Every stage stops early on the validation rollout (patience 4, improvements
-    under 1% do not count)."""
+    The trajectory stages stop early on the validation rollout (patience 4, 3 for the last;
+    improvements under 1% do not count)."""
     stages = []
     if derivative:
         stages.append(
@@ -277,7 +280,7 @@ def ode_recipe(
                 trajectory_objective,
                 w,
                 max(1, budget // share),
-                lr_scale=0.3,
+                lr_scale=0.1,
                 eval_every=max(25, budget // (share * 10)),
             )
         )
@@ -286,10 +289,11 @@ def ode_recipe(
             "whole window",
             trajectory_objective,
             None,
-            max(1, budget // 100),
-            lr_scale=0.1,
+            max(1, budget // 40),
+            lr_scale=0.03,
             batch_size=4,
-            eval_every=25,
+            eval_every=20,
+            patience=3,
         )
     )
     return Recipe(stages=tuple(stages), **recipe_kwargs)

@@ -270,7 +270,7 @@ def test_dissipative_hnn_works_in_canonical_coordinates(dp_data):
     assert isinstance(model.coordinates, d.DoublePendulum)
     windows = jnp.asarray(dp_data.train[:4, :4])
     before = float(model.loss(windows))
-    z_loss = m.ODEModel.loss(model, DP.to_canonical(windows))
+    z_loss = m.ODEModel.trajectory_loss(model, DP.to_canonical(windows))
     np.testing.assert_allclose(before, z_loss, rtol=1e-12)
     ctx = jnp.asarray(dp_data.test[:2, :1])
     fc = _batch_forecast(model, ctx, 3)
@@ -293,7 +293,7 @@ def test_clocks_on_their_beam_forecast_through_the_transform(getkey):
             fc, CLOCKS.from_canonical(model.rollout(CLOCKS.to_canonical(y[0, 1]), 4)), rtol=1e-12
         )
         np.testing.assert_allclose(
-            model.loss(y), m.ODEModel.loss(model, CLOCKS.to_canonical(y)), rtol=1e-12
+            model.loss(y), m.ODEModel.trajectory_loss(model, CLOCKS.to_canonical(y)), rtol=1e-12
         )
     with pytest.raises(ValueError, match="state_dim"):
         m.HNN(4, coordinates=CLOCKS, rngs=nnx.Rngs(0))

@@ -202,9 +202,13 @@ def run_hnn_task(task: str, seed: int, preset: Preset) -> dict[str, dict]:
         key = jax.random.key(seed)
         rngs = nnx.Rngs(seed)
         if label == "HNN":
-            model = models.HNN(2, width=200, depth=2, objective="derivative", rngs=rngs)
+            model = models.HNN(
+                2, width=200, depth=2, objective="derivative", quadratic=False, rngs=rngs
+            )
         else:
-            model = models.NeuralODE(2, width=200, depth=2, objective="derivative", rngs=rngs)
+            model = models.NeuralODE(
+                2, width=200, depth=2, objective="derivative", linear=False, rngs=rngs
+            )
         orthogonal_init(model.net, jax.random.fold_in(key, 1))
 
         t0 = time.perf_counter()

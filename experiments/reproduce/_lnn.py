@@ -124,7 +124,7 @@ def run_dp(label: str, seed: int, preset: Preset) -> dict:
     if label == "LNN":
         model = models.LNN(4, eps=preset.lnn_eps, **kw)
     else:  # the baseline notebook's MLP is a ReLU network ('relu_relu')
-        model = models.SecondOrderNODE(4, **kw)
+        model = models.SecondOrderNODE(4, linear=False, **kw)  # the paper's plain MLP
         model.net.activation = jax.nn.relu
     key = jax.random.key(1000 + seed)
     if preset.lnn_normalise:  # the standard deviations of the uniform training distribution

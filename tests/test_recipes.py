@@ -1,0 +1,205 @@
+"""models.recipes and the pieces of `fit` they rest on: the long-horizon validation rollout,
+patience with a minimum improvement, the schedule, compile-once, the stages' bookkeeping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import dynamics as d
+import models as m
+from models._common import savgol_derivative_weights
+from models.train import _schedule
+
+C = 5  # validation context
+
+
+@pytest.fixture(scope="module")
+def ds():
+    system = d.CoupledPendulums(omega=[1.0, 1.3, 1.7], coupling=d.chain_coupling(3, 0.3))
+    return d.make_dataset(
+        system,
+        key=jax.random.key(0),
+        n_train=8,
+        n_val=4,
+        n_test=3,
+        dt=0.1,
+        t_train=5.0,
+        t_end=10.0,
+        relative_noise=0.01,
+    )
+
+
+def _node(seed=0):
+    return m.NeuralODE(6, width=16, depth=1, rngs=nnx.Rngs(seed))
+
+
+# ------------------------------------------------------------------ Savitzky-Golay weights
+@pytest.mark.parametrize("window", [3, 5, 9, 15])
+def test_savgol_weights_differentiate_polynomials_exactly(window):
+    """Independent check: the derivative of a cubic at the window's centre (exact for every
+    window >= 5; the central difference of window 3 is exact for quadratics)."""
+    c = savgol_derivative_weights(window)
+    j = np.arange(window) - window // 2
+    degree = 2 if window == 3 else 3
+    coef = np.random.default_rng(0).normal(size=degree + 1)
+    values = np.polyval(coef, j)
+    assert np.dot(c, values) == pytest.approx(np.polyval(np.polyder(coef), 0.0), rel=1e-10)
+    assert c.sum() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_savgol_window_three_is_the_central_difference():
+    np.testing.assert_allclose(savgol_derivative_weights(3), [-0.5, 0.0, 0.5], atol=1e-14)
+
+
+@pytest.mark.parametrize("window", [2, 4, 1])
+def test_savgol_refuses_even_or_short_windows(window):
+    with pytest.raises(ValueError, match="odd"):
+        savgol_derivative_weights(window)
+
+
+# ------------------------------------------------------------------ fit: schedule, validation
+def test_schedule_equals_optax_warmup_cosine():
+    """The schedule is written with array arguments (so compiled steps do not depend on them);
+    it must equal optax's own warm-up cosine schedule."""
+    ref = optax.warmup_cosine_decay_schedule(
+        0.0, 3e-3, warmup_steps=50, decay_steps=1000, end_value=3e-5
+    )
+    for count in (0, 1, 25, 49, 50, 51, 300, 999, 1000, 1500):
+        assert float(_schedule(count, 3e-3, 50, 1000)) == pytest.approx(
+            float(ref(count)), rel=1e-6, abs=1e-12
+        )
+
+
+def test_validation_rollout_is_the_forecast_nmse_of_val(ds):
+    """With `val_context`, the validation loss is the forecast of every val trajectory from its
+    first C states to its end, squared errors over the per-coordinate variance of val:
+    recomputed here independently from the model's own `forecast`."""
+    model, hist = m.fit(
+        _node(),
+        ds,
+        key=jax.random.key(1),
+        steps=20,
+        eval_every=20,
+        val_context=C,
+        precision="float64",
+        progress=False,
+    )
+    val = np.asarray(ds.val)
+    pred = np.stack([np.asarray(model.forecast(v[:C], val.shape[1] - C)) for v in val])
+    var = val.reshape(-1, val.shape[-1]).var(0)
+    expected = np.mean((pred - val[:, C:]) ** 2 / var)
+    assert hist[-1]["val_loss"] == pytest.approx(expected, rel=1e-9)
+    assert hist[-1]["best_val"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_window_and_val_context_are_checked(ds):
+    with pytest.raises(ValueError, match="window=99"):
+        m.fit(_node(), ds, key=jax.random.key(1), steps=2, window=99, progress=False)
+    with pytest.raises(ValueError, match="val_context=51"):
+        m.fit(_node(), ds, key=jax.random.key(1), steps=2, val_context=51, progress=False)
+    with pytest.raises(ValueError, match="min_delta"):
+        m.TrainConfig(steps=2, min_delta=1.5)
+
+
+def test_patience_ignores_improvements_below_min_delta(ds):
+    """A learning rate too small to move the validation loss by 50%: with `min_delta=0.5` the
+    rule fires after `patience` evaluations (converged, early), without it the run goes on."""
+    kw = dict(
+        key=jax.random.key(1),
+        steps=400,
+        eval_every=20,
+        lr=1e-6,
+        patience=2,
+        val_context=C,
+        progress=False,
+    )
+    _, strict = m.fit(_node(), ds, min_delta=0.5, **kw)
+    _, plain = m.fit(_node(), ds, **kw)
+    assert strict[-1]["converged"] and strict[-1]["step"] == 60  # 1 first + 2 bad evaluations
+    assert plain[-1]["step"] > strict[-1]["step"]
+
+
+def test_compiled_steps_are_shared_across_learning_rates_and_budgets(ds):
+    """The second fit differs only in lr, budget and patience: no compilation at all."""
+    kw = dict(key=jax.random.key(1), eval_every=10, val_context=C, progress=False)
+    _, first = m.fit(_node(), ds, steps=20, lr=1e-3, **kw)
+    _, second = m.fit(_node(1), ds, steps=30, lr=3e-3, patience=2, **kw)
+    assert first[-1]["compile_seconds"] > 0.1
+    assert second[-1]["compile_seconds"] < 0.05 * first[-1]["compile_seconds"], (
+        first[-1]["compile_seconds"],
+        second[-1]["compile_seconds"],
+    )
+
+
+# ------------------------------------------------------------------ recipes
+def _two_stage(second_lr_scale):
+    return m.Recipe(
+        stages=(
+            m.Stage("derivative", m.recipes.derivative_objective, 5, 400, patience=None),
+            m.Stage("window 10", m.recipes.trajectory_objective, 10, 60, lr_scale=second_lr_scale),
+        ),
+        context=C,
+        eval_every=20,
+        batch_size=16,
+        lr=1e-2,
+    )
+
+
+def test_a_stage_that_makes_things_worse_is_undone(ds):
+    """A second stage at a learning rate far too high worsens the validation rollout: the recipe
+    ends with the first stage's parameters and reports its validation loss."""
+    model, res = _two_stage(300.0).fit(_node(), ds, key=jax.random.key(2))
+    stage_best = {
+        s: min(r["best_val"] for r in res.history if r["stage"] == s)
+        for s in ("derivative", "window 10")
+    }
+    assert stage_best["window 10"] > stage_best["derivative"], stage_best
+    assert res.best_stage == "derivative"
+    assert res.val_rollout_nmse == pytest.approx(stage_best["derivative"])
+    again, _ = m.fit(
+        model, ds, key=jax.random.key(3), steps=1, lr=1e-12, val_context=C, progress=False
+    )
+    # the stored parameters are the derivative stage's: one negligible step reproduces its val
+    assert _[-1]["val_loss"] == pytest.approx(stage_best["derivative"], rel=1e-3)
+
+
+def test_recipe_result_bookkeeping(ds):
+    model, res = _two_stage(0.3).fit(_node(), ds, key=jax.random.key(2))
+    assert res.steps_run == sum(
+        max(r["step"] for r in res.history if r["stage"] == s) for s in ("derivative", "window 10")
+    )
+    assert res.train_seconds >= 0 and res.compile_seconds >= 0
+    assert np.isfinite(res.val_rollout_nmse)
+    assert {r["stage"] for r in res.history} == {"derivative", "window 10"}
+
+
+def test_every_model_has_a_recipe_of_its_kind():
+    ode = m.NeuralODE(6, width=8, depth=1, rngs=nnx.Rngs(0)).recipe(50, budget=1000)
+    assert [s.name for s in ode.stages] == ["derivative", "window 10", "window 40", "whole window"]
+    assert ode.stages[0].patience is None and ode.stages[-1].window is None
+    lstm = m.LSTM(6, hidden=8, rngs=nnx.Rngs(0)).recipe(200, budget=1000)
+    assert [s.name for s in lstm.stages] == ["window 61", "window 121", "whole window"]
+    latent = m.OscillatorModel(6, k=2, rngs=nnx.Rngs(0)).recipe(50, budget=1000)
+    assert "derivative" not in [s.name for s in latent.stages]  # its state is not observed
+
+
+def test_the_recipe_trains_a_neural_ode_to_an_absolute_accuracy(ds):
+    """From random weights on noisy data, the default ODE recipe at a small budget forecasts the
+    held-out trajectories far better than the untrained model and the straight line."""
+    model = _node()
+    recipe = model.recipe(ds.n_train_steps, budget=1500, context=C, eval_every=100, lr=1e-2)
+    model, res = recipe.fit(model, ds, key=jax.random.key(4))
+    test = jnp.asarray(ds.test)
+    pred = jax.vmap(lambda c: model.forecast(c, 20))(test[:, :C])
+    true = np.asarray(test[:, C : C + 20])
+    var = true.reshape(-1, 6).var(0)
+    nmse = float(np.mean((np.asarray(pred) - true) ** 2 / var))
+    line = np.asarray(test[:, C - 1 : C]) + (
+        np.asarray(test[:, C - 1] - test[:, C - 2])[:, None] * np.arange(1, 21)[None, :, None]
+    )
+    line_nmse = float(np.mean((line - true) ** 2 / var))
+    print(f"recipe NeuralODE: nmse {nmse:.2e} (straight line {line_nmse:.2e}), {res.best_stage}")
+    assert nmse < 2e-2 and nmse < 0.01 * line_nmse
