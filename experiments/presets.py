@@ -77,8 +77,9 @@ LSTM = ModelSpec(models.LSTM, kwargs={"rollout": 200}, preset_kwargs={"hidden": 
 NEURAL_ODE = ModelSpec(models.NeuralODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 SECOND_ORDER_NODE = ModelSpec(models.SecondOrderNODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 HNN = ModelSpec(models.HNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
-#: a step costs about ten times another ODE model's (a Hessian solve per state)
-LNN = ModelSpec(models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE, train={"budget_scale": 0.1})
+#: a step costs about ten times another ODE model's (a Hessian solve per state): a quarter of
+#: the budget
+LNN = ModelSpec(models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE, train={"budget_scale": 0.25})
 DISSIPATIVE_HNN = ModelSpec(models.DissipativeHNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
 OSCILLATORS_N = OscillatorSpec(k="n", preset_kwargs={"window": "window"})
 #: the same structure trained from unit frequencies and small couplings by the same recipe as

@@ -72,7 +72,8 @@ class Stage:
     - `steps`: the budget; `lr_scale`: the peak learning rate as a multiple of
       the recipe's `lr`; `patience`: evaluations without an improvement of the
       validation rollout by more than the fraction `min_delta` before the stage
-      stops (None: the stage runs its whole budget); `batch_size` and `eval_every` override the recipe's.
+      stops (None: the stage runs its whole budget); `batch_size` and
+      `eval_every` override the recipe's.
     """
 
     name: str
