@@ -324,7 +324,7 @@ def rollout_recipe(
         )
         for w, share in zip(ws, (16, 64))
     ]
-    stages.append(
-        Stage("whole window", None, None, max(1, budget // 80), lr_scale=0.3, eval_every=25)
-    )
+    # trajectories too short for the shorter windows: the whole window gets the first share
+    whole = budget // 80 if stages else budget // 16
+    stages.append(Stage("whole window", None, None, max(1, whole), lr_scale=0.3, eval_every=25))
     return Recipe(stages=tuple(stages), **recipe_kwargs)
