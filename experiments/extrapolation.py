@@ -275,7 +275,6 @@ def run_one(
             seed=seed,
             checkpoint_dir=output.run_file(key, "checkpoint"),
             progress=progress,
-            log=log,
         )
         res = info["result"]
         row.update(

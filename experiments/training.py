@@ -56,7 +56,6 @@ def train_model(
     seed: int,
     checkpoint_dir: Path | None,
     progress: bool = False,
-    log=print,
 ):
     """Chooses the candidate on `val`, then trains it with its full recipe.
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,6 @@ class Recipe:
         checkpoint_dir: str | os.PathLike | None = None,
         progress: bool = False,
         precision: str = "float32",
-        on_stage: Callable[[str, list], None] | None = None,
     ) -> tuple[nnx.Module, RecipeResult]:
         """Trains `model` on `dataset` stage by stage; returns `(model, RecipeResult)`.
 
@@ -218,8 +216,6 @@ class Recipe:
                 best_params = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
             else:  # this stage did not improve on the earlier ones: start the next from those
                 nnx.update(model, best_params)
-            if on_stage is not None:
-                on_stage(stage.name, records)
         return model, RecipeResult(
             val_rollout_nmse=best_val,
             steps_run=steps_run,
