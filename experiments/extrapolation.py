@@ -424,7 +424,10 @@ def read_metrics(output: Output) -> list[dict]:
     return rows
 
 
-def _is_true(value) -> bool:
+def is_converged(row: dict) -> bool:
+    """Whether a run's recorded `converged` is true (a bool in memory and in `result.json`,
+    the string `True` once read back from `metrics.csv`)."""
+    value = row.get("converged")
     return value is True or str(value) in ("True", "true", "1")
 
 
@@ -450,7 +453,7 @@ def summary_markdown(rows: list[dict]) -> str:
             )
         bad = sorted({r["status"] for r in rs if r["status"] != "ok"})
         status = f"{len(ok)}/{len(rs)}" + (f" ({', '.join(bad)})" if bad else "")
-        n_conv = sum(_is_true(r.get("converged")) for r in ok)
+        n_conv = sum(is_converged(r) for r in ok)
         conv = f"{n_conv}/{len(ok)}" + ("" if n_conv == len(ok) else " **not converged**")
         lines.append(
             f"| {system} | {model} | {n_train} | {status} | {conv} | " + " | ".join(cells) + " |"

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .extrapolation import read_metrics  # noqa: E402
+from .extrapolation import is_converged, read_metrics  # noqa: E402
 from .presets import cli  # noqa: E402
 from .runs import Output  # noqa: E402
 
@@ -137,27 +137,31 @@ def nmse_over_time(runs, system, t_train, path: Path):
     return path
 
 
-def _unconverged(rows, system, model) -> bool:
-    """Whether any finished run of `(system, model)` stopped at its budget, its validation
-    rollout still improving (drawn hatched: not a result)."""
-    return any(
-        str(r.get("converged")) not in ("True", "true", "1")
+def _hatch_unconverged(ax, bars, rows, system, models) -> None:
+    """Hatches the bars of `(system, model)`s with a finished run that stopped at its budget,
+    its validation rollout still improving (not a result), and says so on the axes."""
+    unconverged = {
+        m
+        for m in models
         for r in rows
-        if r["system"] == system and r["model"] == model and r["status"] == "ok"
-    )
-
-
-def _hatch_note(ax):
-    ax.text(
-        0.99,
-        0.01,
-        "hatched: not converged (validation still improving at the budget)",
-        transform=ax.transAxes,
-        ha="right",
-        va="bottom",
-        fontsize=7,
-        color="0.3",
-    )
+        if r["system"] == system and r["model"] == m and r["status"] == "ok"
+        if not is_converged(r)
+    }
+    for bar, m in zip(bars, models):
+        if m in unconverged:
+            bar.set_hatch("//")
+            bar.set_edgecolor("0.2")
+    if unconverged:
+        ax.text(
+            0.99,
+            0.01,
+            "hatched: not converged (validation still improving at the budget)",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.3",
+        )
 
 
 def interp_vs_extrap(rows, path: Path):
@@ -168,6 +172,7 @@ def interp_vs_extrap(rows, path: Path):
     for ax, system in zip(axes[0], systems):
         models = [m for m in dict.fromkeys(r["model"] for r in rows if r["system"] == system)]
         x = np.arange(len(models))
+        bars = []
         for j, (col, lab) in enumerate(
             (
                 ("interp_nmse", "inside (interp)"),
@@ -186,13 +191,8 @@ def interp_vs_extrap(rows, path: Path):
                 )
                 for m in models
             ]
-            bars = ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab)
-            for bar, m in zip(bars, models):
-                if _unconverged(rows, system, m):
-                    bar.set_hatch("//")
-                    bar.set_edgecolor("0.2")
-        if any(_unconverged(rows, system, m) for m in models):
-            _hatch_note(ax)
+            bars += list(ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab))
+        _hatch_unconverged(ax, bars, rows, system, models * 3)
         ax.set_yscale("log")
         ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
         ax.set_title(system)
@@ -249,12 +249,7 @@ def valid_prediction_time(rows, path: Path):
             yerr=[np.std(v) if len(v) > 1 else 0 for v in vals],
             color=[_color(m, i) for i, m in enumerate(models)],
         )
-        for bar, m in zip(bars, models):
-            if _unconverged(rows, system, m):
-                bar.set_hatch("//")
-                bar.set_edgecolor("0.2")
-        if any(_unconverged(rows, system, m) for m in models):
-            _hatch_note(ax)
+        _hatch_unconverged(ax, bars, rows, system, models)
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("valid prediction time / t_train")
         ax.set_title(system)

@@ -131,15 +131,12 @@ class Recipe:
         if not self.stages:
             raise ValueError("a Recipe needs at least one Stage")
 
-    def replace(self, **changes) -> Recipe:
-        return dataclasses.replace(self, **changes)
-
     def pilot(self, fraction: float) -> Recipe:
         """The first stage alone, at `fraction` of its budget (at least one evaluation): the
         cheap run on which candidate settings are compared."""
         first = self.stages[0]
         steps = max(min(self.eval_every, first.steps), int(first.steps * fraction))
-        return self.replace(stages=(dataclasses.replace(first, steps=steps),))
+        return dataclasses.replace(self, stages=(dataclasses.replace(first, steps=steps),))
 
     def describe(self) -> dict[str, Any]:
         def name(fn):
