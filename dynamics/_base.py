@@ -69,6 +69,11 @@ class AbstractSystem(eqx.Module):
     def energy(self, y: Float[Array, "*batch state_dim"]) -> Float[Array, "*batch"]:
         raise NotImplementedError(f"{type(self).__name__} has no energy")
 
+    def ground_energy(self) -> float:
+        """The energy of the system's rest state, above which energy drift is measured
+        (0 for the oscillators about `y = 0`; overridden where the potential has a constant)."""
+        return 0.0
+
     @abc.abstractmethod
     def coupling_graph(self) -> Float[Array, "n n"]: ...
 

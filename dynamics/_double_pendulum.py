@@ -86,6 +86,10 @@ class DoublePendulum(AbstractSystem):
             - self.m2 * self.g * self.l2 * jnp.cos(y[..., 1])
         )
 
+    def ground_energy(self) -> float:
+        """The energy of both pendulums hanging at rest, `-(m1 + m2) g l1 - m2 g l2`."""
+        return float(self.energy(jnp.zeros(4)))
+
     def coupling_graph(self):
         return jnp.array([[0.0, 1.0], [1.0, 0.0]])
 

@@ -14,24 +14,94 @@ def nmse_curve(pred: np.ndarray, true: np.ndarray, var: np.ndarray) -> np.ndarra
     return np.mean((pred - true) ** 2 / var, axis=(0, 2))
 
 
+def _valid_times(err: np.ndarray, ts: np.ndarray, t_start: float, threshold: float):
+    """Per trajectory of `err (N, T)`: the last time in `ts` before `err` first exceeds
+    `threshold` (NaN counts as exceeding), minus `t_start` (0 when the first time already
+    exceeds); and whether it never exceeded (censored at `ts[-1] - t_start`)."""
+    times, censored = [], []
+    for e in err:
+        over = np.flatnonzero(~(e <= threshold))
+        if over.size == 0:
+            times.append(ts[-1] - t_start)
+            censored.append(True)
+        else:
+            times.append(ts[over[0] - 1] - t_start if over[0] > 0 else 0.0)
+            censored.append(False)
+    return np.asarray(times, float), np.asarray(censored)
+
+
+def _median_censored(times: np.ndarray, censored: np.ndarray) -> tuple[float, bool]:
+    """The median of `times` and whether it is censored: the median trajectory's time is a
+    lower bound when at least half of them never left the threshold."""
+    return float(np.median(times)), bool(2 * censored.sum() >= censored.size)
+
+
 def valid_prediction_time(
     pred: np.ndarray, true: np.ndarray, ts: np.ndarray, t_start: float
-) -> float:
-    """Median over trajectories of the time from the forecast start `t_start` to the first `t`
-    in `ts` where `mean((yhat - y)^2) / mean(y^2)` exceeds `VPT_THRESHOLD`; the whole horizon
-    `ts[-1] - t_start` if never."""
+) -> tuple[float, bool]:
+    """Valid prediction time (Botev et al. 2021) and whether it is censored.
+
+    Per trajectory, `e(t) = mean_d((yhat - y)^2) / mean_d(y^2)`; its valid time is the last
+    forecast time `t` in `ts` before `e` first exceeds `VPT_THRESHOLD`, minus `t_start`
+    (the study passes `t_C`, the time of the last context state, so a forecast wrong from its
+    first step has 0 and one valid for exactly one step has `dt`). Returns the median over
+    trajectories and `censored`: True when at least half the trajectories never left the
+    threshold, so the median is only a lower bound (the horizon `ts[-1] - t_start`), never a
+    silent clip. `pred`, `true`: `(N, T, d)`; `ts`: `(T,)`."""
     err = np.mean((pred - true) ** 2, axis=-1) / np.maximum(np.mean(true**2, axis=-1), 1e-12)
-    times = []
-    for e in err:
-        over = np.flatnonzero(~(e <= VPT_THRESHOLD))  # NaN counts as over
-        times.append((ts[over[0]] if over.size else ts[-1]) - t_start)
-    return float(np.median(times))
+    return _median_censored(*_valid_times(err, ts, t_start, VPT_THRESHOLD))
 
 
-def energy_drift_curve(energy_pred: np.ndarray, energy_0: np.ndarray) -> np.ndarray:
-    """`|E(yhat_t) - E(y_0)| / |E(y_0)|` averaged over trajectories; `energy_pred (N, T)`,
-    `energy_0 (N,)`."""
-    return np.mean(np.abs(energy_pred - energy_0[:, None]) / np.abs(energy_0[:, None]), axis=0)
+#: the sMAPE above which a forecast no longer counts as valid (Gilpin 2021, dysts)
+SMAPE_THRESHOLD = 30.0
+
+
+def smape_curve(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Symmetric mean absolute percentage error, in `[0, 200]`, per time (the dysts
+    benchmark's forecasting metric, Gilpin 2021):
+    `200 mean_{n,d} |yhat - y| / (|yhat| + |y|)`, a 0/0 term counting as 0."""
+    num, den = np.abs(pred - true), np.abs(pred) + np.abs(true)
+    ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return 200.0 * np.mean(np.where(np.isnan(pred), 1.0, ratio), axis=(0, 2))
+
+
+def smape_valid_time(
+    pred: np.ndarray, true: np.ndarray, ts: np.ndarray, t_start: float
+) -> tuple[float, bool]:
+    """Like `valid_prediction_time`, with each trajectory's own sMAPE (over coordinates)
+    against `SMAPE_THRESHOLD` (the dysts benchmark's valid time)."""
+    num, den = np.abs(pred - true), np.abs(pred) + np.abs(true)
+    ratio = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    err = 200.0 * np.mean(np.where(np.isnan(pred), np.nan, ratio), axis=-1)
+    return _median_censored(*_valid_times(err, ts, t_start, SMAPE_THRESHOLD))
+
+
+def energy_drift_curve(
+    energy_pred: np.ndarray, energy_0: np.ndarray, *, ground: float = 0.0
+) -> np.ndarray:
+    """`|E(yhat_t) - E(y_0)| / |E(y_0) - ground|` averaged over trajectories; `energy_pred
+    (N, T)`, `energy_0 (N,)`; `ground` the energy of the system's rest state
+    (`system.ground_energy()`), so that a constant in the potential does not shrink the
+    drift."""
+    e0 = energy_0[:, None]
+    return np.mean(np.abs(energy_pred - e0) / np.abs(e0 - ground), axis=0)
+
+
+def coverage(points: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> float:
+    """How far `points (M, d)` lie from the data: the median over them of the Euclidean
+    distance to the nearest `reference (K, d)` state, each coordinate divided by `scale (d,)`
+    (the training data's std). Deterministically strided to at most 5,000 points and 20,000
+    references (a k-d tree: well under a second)."""
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, np.float64).reshape(-1, np.shape(points)[-1])
+    reference = np.asarray(reference, np.float64).reshape(-1, np.shape(reference)[-1])
+    if points.shape[0] == 0 or reference.shape[0] == 0:
+        return float("nan")
+    points = points[:: -(-points.shape[0] // 5000)]
+    reference = reference[:: -(-reference.shape[0] // 20000)]
+    dist, _ = cKDTree(reference / scale).query(points / scale)
+    return float(np.median(dist))
 
 
 def mean_ci(values) -> tuple[float, float]:
