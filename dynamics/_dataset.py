@@ -20,8 +20,8 @@ from . import _validate as v
 from ._base import AbstractSystem
 from ._simulate import simulate
 
-_SPLITS = ("train", "val", "test", "test_ood")
-_FORMAT = 1
+_SPLITS = ("train", "val", "test", "test_ood", "test_continuation")
+_FORMAT = 2  # 2: test_continuation
 
 
 def _package_version() -> str:
@@ -40,7 +40,12 @@ class Dataset:
       `train` (what a practitioner would really hold out), `[0, t_train]`;
     - `test`: `(n_test, T, state_dim)`, held-out initial states, clean, `[0, t_end]`;
     - `test_ood`: like `test` but initial states drawn with `scale=ood_scale`
-      (higher energies than seen in training).
+      (higher energies than seen in training);
+    - `test_continuation`: `(n_continuation, T, state_dim)`, the clean
+      trajectories of the first `n_continuation` *training* initial states over
+      `[0, t_end]`: the continuation protocol, in which a model forecasts the
+      records it was trained on beyond the training window (with one training
+      trajectory, the motivating experiment).
 
     `T_train = round(t_train / dt) + 1`; `ts[:T_train]` are the training times.
     """
@@ -54,6 +59,12 @@ class Dataset:
     test: np.ndarray
     test_ood: np.ndarray
     metadata: dict
+    test_continuation: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.test_continuation is None:  # a dataset built without one: no continuation
+            empty = np.zeros((0, len(self.ts), self.train.shape[-1]), self.test.dtype)
+            object.__setattr__(self, "test_continuation", empty)
 
     @property
     def n_train_steps(self) -> int:
@@ -132,6 +143,11 @@ class Dataset:
             raise ValueError(
                 f"dataset file {path} is unreadable (truncated or corrupted): {e}"
             ) from e
+        if meta.get("format") != _FORMAT:
+            raise ValueError(
+                f"dataset file {path} has format {meta.get('format')!r}, this version reads "
+                f"format {_FORMAT} (with test_continuation): regenerate it"
+            )
         stored = meta.pop("checksum", None)
         actual = _checksum(arrays, meta)
         if stored != actual:
@@ -223,6 +239,7 @@ def make_dataset(
     noise: float = 0.0,
     relative_noise: float = 0.0,
     ood_scale: float = 2.0,
+    n_continuation: int | None = None,
     rtol: float = 1e-8,
     atol: float = 1e-8,
 ) -> Dataset:
@@ -236,7 +253,10 @@ def make_dataset(
     adds noise whose standard deviation is that fraction of each coordinate's
     standard deviation over the clean training trajectories (the study's
     observation noise: `relative_noise=0.01` is 1% of each coordinate's
-    spread). `test` and `test_ood` are clean.
+    spread). `test` and `test_ood` are clean. `test_continuation` holds the
+    clean trajectories of the first `n_continuation` training initial states
+    (default `min(n_train, n_test)`) over `[0, t_end]`, simulated with the others
+    (their first `T_train` states are `train`'s before its noise).
     """
     if not isinstance(system, AbstractSystem):
         raise ValueError(f"system must be a dynamics system, got {type(system).__name__}")
@@ -248,6 +268,12 @@ def make_dataset(
     v.scalar("t_end", t_end, positive=True), v.scalar("noise", noise, nonnegative=True)
     v.scalar("relative_noise", relative_noise, nonnegative=True)
     v.scalar("ood_scale", ood_scale, positive=True)
+    if n_continuation is None:
+        n_continuation = min(n_train, n_test)
+    if not isinstance(n_continuation, (int, np.integer)) or not 1 <= n_continuation <= n_train:
+        raise ValueError(
+            f"n_continuation must be an integer in [1, n_train={n_train}], got {n_continuation!r}"
+        )
     dt, t_train, t_end, noise, ood_scale = map(float, (dt, t_train, t_end, noise, ood_scale))
     if not t_end >= t_train:
         raise ValueError(f"t_end must be >= t_train, got t_end={t_end!r} < t_train={t_train!r}")
@@ -263,6 +289,7 @@ def make_dataset(
     y0_ood = system.sample_initial_states(k_ood, int(n_test), scale=ood_scale)
     ys = np.asarray(simulate(system, jnp.concatenate([y0, y0_ood]), ts, rtol=rtol, atol=atol))
     train = ys[:n_train, : n_tr + 1]
+    continuation = ys[:n_continuation]
     val = ys[n_train : n_train + n_val, : n_tr + 1]
     test = ys[n_train + n_val : n_train + n_val + n_test]
     test_ood = ys[n_train + n_val + n_test :]
@@ -282,6 +309,7 @@ def make_dataset(
         noise=noise,
         relative_noise=relative_noise,
         ood_scale=ood_scale,
+        n_continuation=int(n_continuation),
         rtol=rtol,
         atol=atol,
     )
@@ -295,4 +323,5 @@ def make_dataset(
         test=test,
         test_ood=test_ood,
         metadata=meta,
+        test_continuation=continuation,
     )

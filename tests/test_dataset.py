@@ -10,7 +10,7 @@ import pytest
 
 import dynamics as d
 
-SPLITS = ("train", "val", "test", "test_ood")
+SPLITS = ("train", "val", "test", "test_ood", "test_continuation")
 #: n_train == n_val: train and val noise have one shape, so its sampler compiles once
 SIZES = dict(n_train=3, n_val=3, n_test=6, dt=0.1, t_train=2.0, t_end=6.0)
 T_TRAIN, T_ALL = 21, 61  # t_train / dt + 1, t_end / dt + 1
@@ -38,6 +38,7 @@ def test_shapes_and_time_grid(noisy, system):
     assert noisy.val.shape == (3, T_TRAIN, dim)
     assert noisy.test.shape == (6, T_ALL, dim)
     assert noisy.test_ood.shape == (6, T_ALL, dim)
+    assert noisy.test_continuation.shape == (3, T_ALL, dim)  # min(n_train, n_test) records
     np.testing.assert_allclose(noisy.ts, 0.1 * np.arange(T_ALL), rtol=0, atol=1e-15)
     np.testing.assert_array_equal(noisy.ts_train, noisy.ts[:T_TRAIN])
     assert noisy.ts_train[-1] == pytest.approx(2.0)
@@ -74,6 +75,30 @@ def test_train_and_val_are_noisy_test_is_clean(noisy, clean, system):
     for name in ("train", "val", "test", "test_ood"):
         e = np.asarray(system.energy(getattr(clean, name)))
         assert np.abs(e - e[:, :1]).max() <= 1e-6 * np.abs(e).max()
+
+
+def test_continuation_continues_the_clean_training_records(noisy, clean, system):
+    """`test_continuation` is the training records themselves, clean, run on to `t_end`: its
+    first `T_train` states are `train` before the noise; after that it is a trajectory of the
+    same energy (not a held-out initial state: compared with `test` it starts elsewhere)."""
+    np.testing.assert_array_equal(clean.test_continuation[:, :T_TRAIN], clean.train)
+    np.testing.assert_array_equal(noisy.test_continuation, clean.test_continuation)
+    diff = noisy.train - noisy.test_continuation[:, :T_TRAIN]
+    assert diff.std() == pytest.approx(NOISE, rel=0.15)
+    e = np.asarray(system.energy(clean.test_continuation))
+    assert np.abs(e - e[:, :1]).max() <= 1e-6 * np.abs(e).max()
+    assert not np.any(np.isin(clean.test_continuation[:, 0].round(12), clean.test[:, 0].round(12)))
+
+
+def test_n_continuation_is_a_subset_of_the_training_records(system):
+    sizes = dict(SIZES, n_train=5)
+    sub = d.make_dataset(system, key=jax.random.key(0), n_continuation=2, **sizes)
+    whole = d.make_dataset(system, key=jax.random.key(0), n_continuation=5, **sizes)
+    assert sub.test_continuation.shape[0] == 2 and whole.test_continuation.shape[0] == 5
+    np.testing.assert_array_equal(sub.test_continuation[:, :T_TRAIN], sub.train[:2])
+    for bad in (0, 6):
+        with pytest.raises(ValueError, match="n_continuation"):
+            d.make_dataset(system, key=jax.random.key(0), n_continuation=bad, **sizes)
 
 
 def test_deterministic_given_the_key(noisy, system):
@@ -127,6 +152,7 @@ def _dummy_dataset(system, seed=0):
         test=rng.normal(size=(2, 7, dim)),
         test_ood=rng.normal(size=(2, 7, dim)),
         metadata={"seed": [0, seed], "note": "dummy"},
+        test_continuation=rng.normal(size=(2, 7, dim)),
     )
 
 
@@ -230,6 +256,18 @@ def test_altered_metadata_raises(tmp_path):
     _rewrite(path, change_meta=lambda m: m["system"]["params"].update(g=1.62))
     with pytest.raises(ValueError, match="checksum"):
         d.Dataset.load(path)
+
+
+def test_a_file_of_the_older_format_is_refused(noisy, tmp_path):
+    """Format 1 (before `test_continuation`) must not load as a dataset without one."""
+    path = noisy.save(tmp_path / "new.npz")
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("metadata")))
+    meta["format"] = 1
+    np.savez(tmp_path / "old.npz", metadata=np.array(json.dumps(meta)), **arrays)
+    with pytest.raises(ValueError, match="format"):
+        d.Dataset.load(tmp_path / "old.npz")
 
 
 def test_missing_array_raises(tmp_path):
