@@ -194,63 +194,79 @@ def attribute_model(model, ds, preset: Preset):
     return rows, maps
 
 
-def run(preset: Preset, output: Output, *, progress: bool = True) -> list[dict]:
-    """Attributes every model of the preset (first seed, every n_train), training first what
-    has not been trained under the current configuration; reuses attributions whose hash
-    matches. A model that cannot be attributed or probed is recorded with the reason.
-
-    **Raises:** `NothingToAttribute` when no model could be trained and attributed."""
+def attribute_run(spec, mspec, preset: Preset, seed: int, n_train: int, output: Output, row: dict):
+    """The attribution record of one finished run (`attribution.json` in its directory): reused
+    when its hash matches, computed otherwise; None for a run that is not `ok` or not of the
+    preset's first seed (attributions are of the first seed only). Fits the signature of
+    `experiments.extrapolation.job`'s `then`, so the study attributes each run in the worker
+    that trained it."""
     from . import extrapolation
 
-    rows, probe_rows = [], []
-    seed = preset.seeds[0]
+    if row["status"] != "ok" or seed != preset.seeds[0]:
+        return None
+    model, ds, key = extrapolation.load_model(
+        spec, mspec, preset, seed=seed, n_train=n_train, output=output
+    )
     attr_settings = {f: getattr(preset, f) for f in (*Preset.ATTRIBUTION_FIELDS, "context")}
-    for spec in preset.systems:
-        for n_train in preset.n_train:
-            for mspec in preset.models:
-                row = extrapolation.run_one(
-                    spec, mspec, preset, seed=seed, n_train=n_train, output=output
-                )
-                if row["status"] != "ok":
-                    continue
-                model, ds, key = extrapolation.load_model(
-                    spec, mspec, preset, seed=seed, n_train=n_train, output=output
-                )
-                h = config_hash({"run": key.config_hash, **attr_settings})
-                done = output.run_file(key, "attribution.json")
-                rec = json.loads(done.read_text()) if done.exists() else None
-                if rec is None or rec.get("config_hash") != h:
-                    rec = {
-                        "system": spec.name,
-                        "model": key.model,
-                        "n_train": n_train,
-                        "config_hash": h,
-                    }
-                    try:
-                        r, maps = attribute_model(model, ds, preset)
-                        np.savez(output.run_file(key, "attribution.npz"), **maps)
-                    except (ValueError, RuntimeError) as e:
-                        r = [{"method": "-", "split": "-", "reason": f"{type(e).__name__}: {e}"}]
-                    rec["rows"] = r
-                    try:
-                        rec["probes"] = probe_model(
-                            model, ds, preset, output.run_file(key, "probes.npz")
-                        )
-                    except ValueError as e:  # a step that cannot run at these sizes
-                        rec["probes"] = [
-                            {"quantity": "-", "split": "-", "reason": f"probes skipped: {e}"}
-                        ]
-                    write_json_atomic(done, rec)
-                meta = {"system": rec["system"], "model": rec["model"], "n_train": n_train}
-                rows += [{**meta, **r} for r in rec["rows"]]
-                probe_rows += [{**meta, **r} for r in rec["probes"]]
-                if progress:
-                    best = [r for r in rec["rows"] if r["split"] == "inside"]
-                    print(
-                        f"[attribution] {rec['model']} n_train={n_train}: "
-                        + ", ".join(f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best),
-                        flush=True,
-                    )
+    h = config_hash({"run": key.config_hash, **attr_settings})
+    done = output.run_file(key, "attribution.json")
+    rec = json.loads(done.read_text()) if done.exists() else None
+    if rec is not None and rec.get("config_hash") == h:
+        return rec
+    rec = {"system": spec.name, "model": key.model, "n_train": n_train, "config_hash": h}
+    try:
+        r, maps = attribute_model(model, ds, preset)
+        np.savez(output.run_file(key, "attribution.npz"), **maps)
+    except (ValueError, RuntimeError) as e:
+        r = [{"method": "-", "split": "-", "reason": f"{type(e).__name__}: {e}"}]
+    rec["rows"] = r
+    try:
+        rec["probes"] = probe_model(model, ds, preset, output.run_file(key, "probes.npz"))
+    except ValueError as e:  # a step that cannot run at these sizes
+        rec["probes"] = [{"quantity": "-", "split": "-", "reason": f"probes skipped: {e}"}]
+    write_json_atomic(done, rec)
+    return rec
+
+
+def _attribution_job(spec, mspec, preset, seed, n_train, output):
+    from . import extrapolation
+
+    row = extrapolation.run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+    return attribute_run(spec, mspec, preset, seed, n_train, output, row)
+
+
+def run(preset: Preset, output: Output, *, progress: bool = True, workers: int = 1) -> list[dict]:
+    """Attributes every model of the preset (first seed, every n_train), training first what
+    has not been trained under the current configuration (`workers` at a time); reuses
+    attributions whose hash matches. A model that cannot be attributed or probed is recorded
+    with the reason.
+
+    **Raises:** `NothingToAttribute` when no model could be trained and attributed."""
+    from .workers import map_jobs
+
+    seed = preset.seeds[0]
+    todo = [
+        (spec, mspec, preset, seed, n_train, output)
+        for spec in preset.systems
+        for n_train in preset.n_train
+        for mspec in preset.models
+    ]
+    order = sorted(range(len(todo)), key=lambda i: -todo[i][1].cost)
+    recs = map_jobs(_attribution_job, todo, workers=workers, order=order)
+    rows, probe_rows = [], []
+    for (_, _, _, _, n_train, _), rec in zip(todo, recs):
+        if rec is None:
+            continue
+        meta = {"system": rec["system"], "model": rec["model"], "n_train": n_train}
+        rows += [{**meta, **r} for r in rec["rows"]]
+        probe_rows += [{**meta, **r} for r in rec["probes"]]
+        if progress:
+            best = [r for r in rec["rows"] if r["split"] == "inside"]
+            print(
+                f"[attribution] {rec['model']} n_train={n_train}: "
+                + ", ".join(f"{r['method']} AUROC {r['coupling_auroc']:.2f}" for r in best),
+                flush=True,
+            )
     if not rows:
         raise NothingToAttribute(
             f"no model of preset {preset.name!r} could be trained and attributed in {output.root} "
@@ -401,15 +417,20 @@ class Args:
     """output directory (default results/<preset>/)"""
     figures: Path | None = None
     """figure directory (default <out>/figures/)"""
+    workers: int | None = None
+    """parallel runs (default: one per CPU core on a CPU, 1 on an accelerator)"""
     progress: bool = True
 
 
 def main(argv=None) -> None:
+    from .workers import default_workers
+
     args, preset, _ = cli(Args, argv)
     setup_jax()
     output = Output(args.out or Path("results") / preset.name, args.figures)
+    workers = default_workers() if args.workers is None else args.workers
     try:
-        run(preset, output, progress=args.progress)
+        run(preset, output, progress=args.progress, workers=workers)
     except NothingToAttribute as e:
         raise SystemExit(f"error: {e}") from None
     from .attribution_figures import draw_all

@@ -51,8 +51,18 @@ COLUMNS = (
     "extrap_nmse",
     "ood_nmse",
     "vpt",
+    "vpt_censored",
+    "smape",
+    "smape_vpt",
     "energy_drift",
     "sync_error",
+    "cont_interp_nmse",
+    "cont_extrap_nmse",
+    "cont_vpt",
+    "cont_vpt_censored",
+    "coverage_extrap",
+    "cont_coverage_extrap",
+    "coverage_ood",
     "val_rollout_nmse",
     "steps_run",
     "converged",
@@ -62,7 +72,16 @@ COLUMNS = (
     "choice",
     "reason",
 )
-_TEXT_COLUMNS = ("system", "model", "status", "reason", "choice", "converged")
+_TEXT_COLUMNS = (
+    "system",
+    "model",
+    "status",
+    "reason",
+    "choice",
+    "converged",
+    "vpt_censored",
+    "cont_vpt_censored",
+)
 _N_SAMPLE = 3  # trajectories whose forecasts are stored for the figures
 
 
@@ -328,8 +347,16 @@ def _linear_coupling(system) -> np.ndarray | None:
 
 
 def score(model, ds, preset: Preset) -> tuple[dict, dict]:
-    """Forecasts `test` and `test_ood` from their first `C` states; returns the metrics and the
-    arrays the figures are drawn from."""
+    """Forecasts every evaluation split from its first `C` states; returns the metrics and the
+    arrays the figures are drawn from (DESIGN.md section 6).
+
+    Two protocols: the held-out one (`test`, and `test_ood` at higher energies) and the
+    continuation one (`test_continuation`, the training records themselves continued,
+    `cont_*`). Every nmse is normalised by the test set's per-coordinate variance. Beside the
+    extrapolation errors, the coverage of what is forecast: the median distance of the true
+    states beyond the training window to their nearest training state, in units of the
+    training data's per-coordinate std (`coverage_extrap`, `cont_coverage_extrap`,
+    `coverage_ood`)."""
     import jax.numpy as jnp
 
     import models
@@ -337,31 +364,52 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
     system, C = ds.system, preset.context
     ts = ds.ts
     horizon = len(ts) - C
-    out, arrays = {}, {}
+    t_f = ts[C:]
+    t_c = float(ts[C - 1])  # the last context state: valid times are measured from it
+    inside = t_f <= ds.t_train + 1e-9
+    out, arrays = {}, {"ts_forecast": t_f}
     test = np.asarray(ds.test, dtype=np.float64)
     var = test.reshape(-1, test.shape[-1]).var(0)
     var = np.where(var > 0, var, 1.0)
-    for split in ("test", "test_ood"):
+    train_states = np.asarray(ds.train, np.float64).reshape(-1, test.shape[-1])
+    scale = train_states.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    for split, prefix in (("test", ""), ("test_continuation", "cont_"), ("test_ood", "ood_")):
         true = np.asarray(ds.split(split), dtype=np.float64)
+        if true.shape[0] == 0:  # a dataset without continuation records
+            continue
         pred = batch_forecast(model, true[:, :C], horizon)
         curve = metrics.nmse_curve(pred, true[:, C:], var)
         arrays[f"nmse_{split}"] = curve
+        beyond = true[:, C:][:, ~inside].reshape(-1, true.shape[-1])
         if split == "test_ood":
             out["ood_nmse"] = float(np.mean(curve))
+            out["coverage_ood"] = metrics.coverage(
+                true[:, C:].reshape(-1, true.shape[-1]), train_states, scale
+            )
             continue
-        t_f = ts[C:]
-        inside = t_f <= ds.t_train + 1e-9
-        out["interp_nmse"] = float(np.mean(curve[inside]))
-        out["extrap_nmse"] = float(np.mean(curve[~inside]))
-        out["vpt"] = (
-            metrics.valid_prediction_time(pred, true[:, C:], ts[C:], ts[C - 1]) / ds.t_train
-        )
-        arrays.update(ts_forecast=t_f, sample_pred=pred[:_N_SAMPLE], sample_true=true[:_N_SAMPLE])
+        out[f"{prefix}interp_nmse"] = float(np.mean(curve[inside]))
+        out[f"{prefix}extrap_nmse"] = float(np.mean(curve[~inside]))
+        vpt, censored = metrics.valid_prediction_time(pred, true[:, C:], t_f, t_c)
+        out[f"{prefix}vpt"] = vpt / ds.t_train
+        out[f"{prefix}vpt_censored"] = bool(censored)
+        if split == "test":
+            out["smape"] = float(np.mean(metrics.smape_curve(pred, true[:, C:])))
+            out["smape_vpt"] = metrics.smape_valid_time(pred, true[:, C:], t_f, t_c)[0] / (
+                ds.t_train
+            )
+        out[f"{prefix}coverage_extrap"] = metrics.coverage(beyond, train_states, scale)
+        arrays[f"{prefix}sample_pred"] = pred[:_N_SAMPLE]
+        arrays[f"{prefix}sample_true"] = true[:_N_SAMPLE]
+        if split != "test":
+            continue
         obs_pred = system.observables(jnp.asarray(pred))
         obs_true = system.observables(jnp.asarray(true))
         if system.conservative and "energy" in obs_pred:
             drift = metrics.energy_drift_curve(
-                np.asarray(obs_pred["energy"]), np.asarray(obs_true["energy"])[:, 0]
+                np.asarray(obs_pred["energy"]),
+                np.asarray(obs_true["energy"])[:, 0],
+                ground=float(system.ground_energy()),
             )
             arrays["energy_drift"] = drift
             out["energy_drift"] = float(np.mean(drift))
@@ -383,28 +431,60 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- the study
+def job(spec, mspec, preset, seed, n_train, output, then=None) -> tuple[dict, float]:
+    """One run as a job of `experiments.workers.map_jobs`: `run_one`, then
+    `then(spec, mspec, preset, seed, n_train, output, row)` where given (the study's
+    attribution of the run, in the same worker); returns `(row, seconds)`."""
+    t0 = time.perf_counter()
+    row = run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+    if then is not None:
+        then(spec, mspec, preset, seed, n_train, output, row)
+    return row, time.perf_counter() - t0
+
+
 def run(
-    preset: Preset, output: Output, *, progress: bool = True, overrides: dict | None = None
+    preset: Preset,
+    output: Output,
+    *,
+    progress: bool = True,
+    overrides: dict | None = None,
+    workers: int = 1,
+    then=None,
 ) -> list[dict]:
+    """Every run of the preset (`jobs`), `workers` at a time (`experiments.workers`; the
+    dearest models, by `ModelSpec.cost`, start first); writes `metrics.csv` and
+    `summary.md` and returns the rows in the order of `jobs`."""
+    from .workers import map_jobs
+
     check_labels(preset)
     output.root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         output.config,
         {"preset": preset.as_dict(), "overrides": overrides or {}, "environment": environment()},
     )
-    rows = []
     todo = jobs(preset)
-    for i, (spec, mspec, seed, n_train) in enumerate(todo, 1):
-        t0 = time.perf_counter()
-        row = run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
-        rows.append(row)
+    order = sorted(range(len(todo)), key=lambda i: -todo[i][1].cost)
+    done = [0]
+
+    def report(i, result):
+        done[0] += 1
+        (spec, _, seed, n_train), (row, seconds) = todo[i], result
         if progress:
             print(
-                f"[{i}/{len(todo)}] {spec.name} {row['model']} n_train={n_train} seed {seed}: "
-                f"{row['status']} interp {row['interp_nmse']:.3g} extrap {row['extrap_nmse']:.3g} "
-                f"({time.perf_counter() - t0:.1f} s)",
+                f"[{done[0]}/{len(todo)}] {spec.name} {row['model']} n_train={n_train} "
+                f"seed {seed}: {row['status']} interp {row['interp_nmse']:.3g} "
+                f"extrap {row['extrap_nmse']:.3g} ({seconds:.1f} s)",
                 flush=True,
             )
+
+    results = map_jobs(
+        job,
+        [(s, m, preset, seed, n, output, then) for s, m, seed, n in todo],
+        workers=workers,
+        on_result=report,
+        order=order,
+    )
+    rows = [row for row, _ in results]
     write_metrics(rows, output)
     return rows
 
@@ -433,7 +513,17 @@ def is_converged(row: dict) -> bool:
 
 def summary_markdown(rows: list[dict]) -> str:
     """A table of every system, model and n_train: mean and 95% interval over seeds."""
-    cols = ("interp_nmse", "extrap_nmse", "ood_nmse", "vpt", "energy_drift")
+    cols = (
+        "interp_nmse",
+        "extrap_nmse",
+        "cont_extrap_nmse",
+        "ood_nmse",
+        "vpt",
+        "cont_vpt",
+        "coverage_extrap",
+        "cont_coverage_extrap",
+        "energy_drift",
+    )
     lines = [
         "| system | model | n_train | seeds | converged | " + " | ".join(cols) + " |",
         "|" + "---|" * (5 + len(cols)),
@@ -461,7 +551,11 @@ def summary_markdown(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         "Mean ± half-width of the 95% Student-t interval over seeds (no interval for one seed). "
-        "`vpt` in units of t_train; nmse normalised per coordinate by the test-set variance; "
+        "`cont_*`: the continuation protocol (the training records continued); `coverage_*`: "
+        "median distance of the true states beyond the training window to the nearest "
+        "training state, in training stds. "
+        "`vpt` (from t_C, in units of t_train; at the horizon, 3.9, it is censored) and "
+        "nmse normalised per coordinate by the test-set variance; "
         "`energy_drift` only for conservative systems. `converged`: the runs whose last "
         "training stage stopped by its rule (the validation rollout no longer improving by 1%) "
         "before its budget ran out; a row **not converged** measures the budget, not the model."
@@ -475,14 +569,19 @@ class Args:
 
     out: Path | None = None
     """output directory (default results/<preset>/)"""
+    workers: int | None = None
+    """parallel runs (default: one per CPU core on a CPU, 1 on an accelerator)"""
     progress: bool = True
 
 
 def main(argv=None) -> None:
+    from .workers import default_workers
+
     args, preset, overrides = cli(Args, argv)
     setup_jax()
     output = Output(args.out or Path("results") / preset.name)
-    rows = run(preset, output, progress=args.progress, overrides=overrides)
+    workers = default_workers() if args.workers is None else args.workers
+    rows = run(preset, output, progress=args.progress, overrides=overrides, workers=workers)
     print(summary_markdown(rows))
 
 

@@ -3,7 +3,9 @@
 `python -m experiments.figures --preset quick [--out results/quick] [--figures DIR]`
 
 Figures go to `<out>/figures/` unless `--figures` says otherwise. Where a
-study has several `n_train`, these figures show each system's largest.
+study has several `n_train`, the motivating figure (`motivating_<system>.png`,
+a training record continued) shows each system's smallest, the error against
+`n_train` figure all of them, and the others the largest.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def load_runs(out: Output, n_train: dict[str, int] | None = None) -> dict:
             continue
         with np.load(arr) as z:
             runs.setdefault((row["system"], row["model"]), []).append(
-                dict(z) | {"seed": row["seed"]}
+                dict(z) | {"seed": row["seed"], "n_train": int(row["n_train"])}
             )
     return runs
 
@@ -80,15 +82,20 @@ def _osc_labels(models):
     )
 
 
-def motivating(runs, system, t_train, path: Path, coord: int = 0):
+def motivating(runs, system, t_train, path: Path, coord: int = 0, prefix: str = "cont_"):
+    """The motivating figure: one record (the first of `test_continuation` with
+    `prefix="cont_"`, of `test` with `prefix=""`), truth against each model's forecast from its
+    first `C` states, over `[0, t_end]` with the training window shaded."""
     models = [m for (s, m) in runs if s == system]
     order = _osc_labels(models) + [m for m in ("LSTM", "HNN") if m in models]
+    order = [m for m in order if f"{prefix}sample_true" in runs[(system, m)][0]]
     if not order:
         return None
     first = runs[(system, order[0])][0]
-    true, ts_f = first["sample_true"][0], first["ts_forecast"]
+    true, ts_f = first[f"{prefix}sample_true"][0], first["ts_forecast"]
     dt = ts_f[1] - ts_f[0]
     ts = dt * np.arange(true.shape[0])
+    n_train = first.get("n_train")
     fig, axes = plt.subplots(len(order), 1, figsize=(9, 1.7 * len(order) + 0.6), sharex=True)
     axes = np.atleast_1d(axes)
     for ax, (i, m) in zip(axes, enumerate(order)):
@@ -97,7 +104,7 @@ def motivating(runs, system, t_train, path: Path, coord: int = 0):
         ax.plot(ts, true[:, coord], color="black", lw=1.2, label="truth")
         ax.plot(
             r["ts_forecast"],
-            r["sample_pred"][0][:, coord],
+            r[f"{prefix}sample_pred"][0][:, coord],
             color=_color(m, i),
             lw=1.2,
             ls="--",
@@ -107,7 +114,80 @@ def motivating(runs, system, t_train, path: Path, coord: int = 0):
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     axes[-1].set_xlabel("t (training window shaded)")
     axes[-1].set_xlim(0, ts[-1])
-    fig.suptitle(f"{system}: forecasts from a short context, inside and beyond the training window")
+    what = (
+        f"a training record (n_train = {n_train}) continued"
+        if prefix == "cont_"
+        else "a held-out initial state"
+    )
+    fig.suptitle(f"{system}: {what}, forecast from its first states")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def extrapolation_vs_n_train(rows, path: Path):
+    """`extrap_nmse` (held-out initial states) and `cont_extrap_nmse` (the training records
+    continued) against `n_train`, each model's mean over seeds with its 95% interval; open
+    markers for runs not converged."""
+    from .metrics import mean_ci
+
+    systems = sorted({r["system"] for r in rows})
+    if len({int(r["n_train"]) for r in rows}) < 2:
+        return None
+    fig, axes = plt.subplots(
+        len(systems), 2, figsize=(11, 3.8 * len(systems)), squeeze=False, sharey="row"
+    )
+    for row_axes, system in zip(axes, systems):
+        ok = [r for r in rows if r["system"] == system and r["status"] == "ok"]
+        models = list(dict.fromkeys(r["model"] for r in ok))
+        for ax, (col, title) in zip(
+            row_axes,
+            (
+                ("extrap_nmse", "held-out initial states"),
+                ("cont_extrap_nmse", "the training records continued"),
+            ),
+        ):
+            for i, m in enumerate(models):
+                ns = sorted({int(r["n_train"]) for r in ok if r["model"] == m})
+                stats = [
+                    mean_ci([r[col] for r in ok if r["model"] == m and int(r["n_train"]) == n])
+                    for n in ns
+                ]
+                conv = [
+                    all(is_converged(r) for r in ok if r["model"] == m and int(r["n_train"]) == n)
+                    for n in ns
+                ]
+                mean = np.array([s[0] for s in stats])
+                half = np.nan_to_num(np.array([s[1] for s in stats]))
+                c = _color(m, i)
+                ax.errorbar(
+                    ns,
+                    mean,
+                    yerr=np.minimum(half, 0.99 * mean),
+                    color=c,
+                    label=m,
+                    capsize=2,
+                    lw=1.2,
+                )
+                ax.scatter(
+                    ns, mean, color=[c if k else "white" for k in conv], edgecolor=c, zorder=3, s=22
+                )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("n_train (training trajectories)")
+            ax.set_title(f"{system}: {title}")
+        row_axes[0].set_ylabel("extrap_nmse over (t_train, t_end]")
+        row_axes[1].legend(fontsize=7, frameon=False)
+    fig.text(
+        0.99,
+        0.005,
+        "open markers: not converged; bars: 95% interval over seeds",
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.3",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -293,19 +373,21 @@ def learned_parameters(runs, system, path: Path):
 def draw_all(out: Output, t_train: float) -> list[Path]:
     figures = out.figures
     figures.mkdir(parents=True, exist_ok=True)
-    rows = read_metrics(out)
-    largest = {
-        s: max(int(r["n_train"]) for r in rows if r["system"] == s)
-        for s in {r["system"] for r in rows}
-    }
-    rows = [r for r in rows if int(r["n_train"]) == largest[r["system"]]]
+    all_rows = read_metrics(out)
+    systems = {r["system"] for r in all_rows}
+    sizes = {s: [int(r["n_train"]) for r in all_rows if r["system"] == s] for s in systems}
+    largest = {s: max(n) for s, n in sizes.items()}
+    smallest = {s: min(n) for s, n in sizes.items()}
+    rows = [r for r in all_rows if int(r["n_train"]) == largest[r["system"]]]
     runs = load_runs(out, largest)
+    few = load_runs(out, smallest)
     _set_k_max({r["model"] for r in rows})
-    made = []
-    for system in sorted({r["system"] for r in rows}):
+    made = [extrapolation_vs_n_train(all_rows, figures / "extrapolation_vs_n_train.png")]
+    for system in sorted(systems):
         tag = system
         made += [
-            motivating(runs, system, t_train, figures / f"motivating_{tag}.png"),
+            motivating(few, system, t_train, figures / f"motivating_{tag}.png"),
+            motivating(runs, system, t_train, figures / f"heldout_{tag}.png", prefix=""),
             nmse_over_time(runs, system, t_train, figures / f"nmse_{tag}.png"),
             energy_drift(runs, system, figures / f"energy_drift_{tag}.png"),
             learned_parameters(runs, system, figures / f"learned_parameters_{tag}.png"),

@@ -73,14 +73,18 @@ DOUBLE_PENDULUM = SystemSpec("DoublePendulum", dynamics.DoublePendulum, oscillat
 # --------------------------------------------------------------------------- models
 _ODE = {"width": "width", "window": "window"}
 #: a free rollout as long as the whole training window: the recipe's windows set its length
-LSTM = ModelSpec(models.LSTM, kwargs={"rollout": 200}, preset_kwargs={"hidden": "hidden"})
+LSTM = ModelSpec(models.LSTM, kwargs={"rollout": 200}, preset_kwargs={"hidden": "hidden"}, cost=1.5)
 NEURAL_ODE = ModelSpec(models.NeuralODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 SECOND_ORDER_NODE = ModelSpec(models.SecondOrderNODE, kwargs={"depth": 2}, preset_kwargs=_ODE)
 HNN = ModelSpec(models.HNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
 #: a step costs about ten times another ODE model's (a Hessian solve per state): a quarter of
 #: the budget
-LNN = ModelSpec(models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE, train={"budget_scale": 0.25})
-DISSIPATIVE_HNN = ModelSpec(models.DissipativeHNN, kwargs={"depth": 2}, preset_kwargs=_ODE)
+LNN = ModelSpec(
+    models.LNN, kwargs={"depth": 2}, preset_kwargs=_ODE, train={"budget_scale": 0.25}, cost=3.0
+)
+DISSIPATIVE_HNN = ModelSpec(
+    models.DissipativeHNN, kwargs={"depth": 2}, preset_kwargs=_ODE, cost=2.0
+)
 OSCILLATORS_N = OscillatorSpec(k="n", preset_kwargs={"window": "window"})
 #: the same structure trained from unit frequencies and small couplings by the same recipe as
 #: every other model (no least-squares identification)
@@ -274,6 +278,29 @@ PRESETS: dict[str, Preset] = {
             LNN,
         ),
         seeds=(0,),
+        n_train=(1, 128),
+        steps=20000,
+        width=128,
+        lr_grid=(1e-3, 3e-3),
+        pilot=0.1,
+        eval_every=500,
+    ),
+    "standard": Preset(
+        name="standard",
+        systems=(PENDULUMS4, HARMONIC4, VANDERPOL4, HUYGENS2, KURAMOTO8, DOUBLE_PENDULUM),
+        models=(
+            LSTM,
+            NEURAL_ODE,
+            SECOND_ORDER_NODE,
+            OSCILLATORS_N,
+            OSCILLATORS_N_AGNOSTIC,
+            OSCILLATORS_2,
+            HNN,
+            DISSIPATIVE_HNN,
+            LNN,
+        ),
+        seeds=(0, 1, 2),
+        n_train=(1, 4, 16, 128),
         steps=20000,
         width=128,
         lr_grid=(1e-3, 3e-3),

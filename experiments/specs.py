@@ -136,6 +136,7 @@ class ModelSpec:
     preset_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     label: str | None = None
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    cost: float = 1.0
 
     _TRAIN_KEYS = ("steps", "lr", "batch_size", "eval_every", "budget_scale")
 

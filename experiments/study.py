@@ -21,8 +21,8 @@ from .runs import Output
 
 @dataclasses.dataclass
 class Args:
-    """Runs the whole study for a preset: tiny (tests), quick (a laptop CPU, minutes) or full
-    (one GPU)."""
+    """Runs the whole study for a preset: tiny (tests), quick (a laptop CPU, minutes),
+    standard (every system, a CPU for hours) or full (one GPU)."""
 
     out: Path | None = None
     """output directory (default results/<preset>/)"""
@@ -30,22 +30,35 @@ class Args:
     """figure directory (default <out>/figures/)"""
     attribution: bool = True
     """also run the attribution study"""
+    workers: int | None = None
+    """parallel runs (default: one per CPU core on a CPU, 1 on an accelerator; see
+    experiments.workers)"""
     progress: bool = True
 
 
 def main(argv=None) -> None:
     from . import attribution, extrapolation, figures
+    from .workers import default_workers
 
     args, preset, overrides = cli(Args, argv)  # a bad preset or value fails here, before any work
     setup_jax()
     output = Output(args.out or Path("results") / preset.name, args.figures)
+    workers = default_workers() if args.workers is None else args.workers
     t0 = time.perf_counter()
-    rows = extrapolation.run(preset, output, progress=args.progress, overrides=overrides)
-    timings = {"extrapolation_seconds": time.perf_counter() - t0}
+    # each worker attributes the runs it trained (first seed), while the others still train
+    rows = extrapolation.run(
+        preset,
+        output,
+        progress=args.progress,
+        overrides=overrides,
+        workers=workers,
+        then=attribution.attribute_run if args.attribution else None,
+    )
+    timings = {"runs_seconds": time.perf_counter() - t0, "workers": workers}
     if args.attribution:
         t1 = time.perf_counter()
-        try:
-            attribution.run(preset, output, progress=args.progress)
+        try:  # collects the attributions made above (and makes any that are missing)
+            attribution.run(preset, output, progress=args.progress, workers=workers)
         except attribution.NothingToAttribute as e:
             print(f"[attribution] {e}")
         timings["attribution_seconds"] = time.perf_counter() - t1
@@ -57,8 +70,8 @@ def main(argv=None) -> None:
     print(extrapolation.summary_markdown(rows))
     print(f"figures: {', '.join(str(p) for p in made)}")
     print(
-        f"wall time {timings['total_seconds']:.1f} s (extrapolation "
-        f"{timings['extrapolation_seconds']:.1f} s); results in {output.root}"
+        f"wall time {timings['total_seconds']:.1f} s (training, scoring and attributing the "
+        f"runs {timings['runs_seconds']:.1f} s on {workers} worker(s)); results in {output.root}"
     )
 
 

@@ -231,6 +231,7 @@ def ode_recipe(
     derivative: bool = True,
     derivative_window: int = 15,
     windows: tuple[int, ...] = (10, 40),
+    whole_eval_every: int = 20,
     **recipe_kwargs,
 ) -> Recipe:
     """The ODE-type models' recipe.
@@ -245,8 +246,8 @@ def ode_recipe(
        minimum mid-schedule cost the HNN a factor of 40 in interp_nmse.
     2. trajectory matching on windows of `windows[0]` states (`budget / 20`
        steps), of `windows[1]` (`budget / 80`), then of the whole training
-       window (`budget / 40` steps, batches of 4, validated every 20 steps,
-       patience 3):
+       window (`budget / 40` steps, batches of 4, validated every
+       `whole_eval_every` steps, patience 3):
        the longer the window, the dearer a step. The learning rates are low
        (0.1x, 0.1x, 0.03x the recipe's `lr`): at 0.3x each stage's warm-up
        threw the model out of the derivative stage's optimum and spent the
@@ -286,7 +287,7 @@ def ode_recipe(
             max(1, budget // 40),
             lr_scale=0.03,
             batch_size=4,
-            eval_every=20,
+            eval_every=whole_eval_every,
             patience=3,
         )
     )

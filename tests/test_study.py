@@ -321,18 +321,19 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # wait until the first run is finished and the second one has saved a checkpoint mid-training
+    # wait until the first (fast) run is finished and the LSTM, trained beside it by the other
+    # worker (or after it, by a single one), has saved a checkpoint mid-training
     lstm_ckpt = Output(out).run_file(lstm_key, "checkpoint")  # .../final/stage<i>/state/<n>
+    first = Output(out).run_file(first_key, "result.json")
     deadline = time.time() + SUBPROCESS_TIMEOUT
     while time.time() < deadline and proc.poll() is None:
-        if any(p.name.isdigit() for p in lstm_ckpt.glob("**/state/*")):
+        if first.exists() and any(p.name.isdigit() for p in lstm_ckpt.glob("**/state/*")):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.csv").exists()
-    first = Output(out).run_file(first_key, "result.json")
     assert first.exists()
     stamp = first.stat().st_mtime_ns
 
