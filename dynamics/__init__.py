@@ -11,6 +11,7 @@ from ._graphs import (
 from ._hamiltonian import HamiltonianSystem as HamiltonianSystem
 from ._huygens import HuygensClocks as HuygensClocks
 from ._kuramoto import Kuramoto as Kuramoto
+from ._lyapunov import lyapunov_exponent as lyapunov_exponent
 from ._oscillators import (
     CoupledPendulums as CoupledPendulums,
     CoupledVanDerPol as CoupledVanDerPol,
