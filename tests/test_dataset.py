@@ -171,7 +171,7 @@ def _dummy_dataset(system, seed=0):
             mass_ratio=0.1,
         ),
         d.Kuramoto([0.3, -1.2, 2.0], d.all_to_all_coupling(3, 0.4)),
-        d.DoublePendulum(1.0, 2.0, 0.5, 1.5, 9.81),
+        d.DoublePendulum(1.0, 2.0, 0.5, 1.5, 9.81, amplitude=2.0),
     ],
     ids=lambda s: type(s).__name__,
 )

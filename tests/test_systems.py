@@ -269,6 +269,28 @@ def test_sample_initial_states(system, getkey):
         assert float(jnp.abs(y_ood).mean()) > 1.5 * float(jnp.abs(y).mean())
 
 
+@pytest.mark.parametrize("amplitude", [0.5, 2.0])
+def test_double_pendulum_amplitude_sets_the_initial_range(amplitude, getkey):
+    """`|theta_i|, |w_i| <= amplitude * scale`, filling the range; a static field, in
+    `parameters()` (so in the hash and the dataset metadata), not a pytree leaf."""
+    system = d.DoublePendulum(amplitude=amplitude)
+    for scale in (1.0, 2.0):
+        y = np.asarray(system.sample_initial_states(getkey(), 2000, scale=scale))
+        assert np.abs(y).max() <= amplitude * scale
+        assert np.abs(y).max() > 0.98 * amplitude * scale
+    assert system.parameters()["amplitude"] == amplitude
+    assert d.DoublePendulum(**system.parameters()).amplitude == amplitude
+    assert len(jax.tree.leaves(system)) == 5  # m1, m2, l1, l2, g
+    f = jax.jit(lambda s, y: s.vector_field(0.0, y))
+    np.testing.assert_allclose(f(system, jnp.ones(4)), system.vector_field(0.0, jnp.ones(4)))
+
+
+@pytest.mark.parametrize("amplitude", [0.0, -1.0, float("nan"), float("inf"), "big"])
+def test_double_pendulum_amplitude_must_be_positive(amplitude):
+    with pytest.raises(ValueError, match="amplitude"):
+        d.DoublePendulum(amplitude=amplitude)
+
+
 def test_sample_initial_states_under_jit(getkey):
     """Sampling works inside `jax.jit` (n static), and gives the same states as eagerly."""
     system = random_system("HuygensClocks")
