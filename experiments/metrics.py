@@ -87,6 +87,77 @@ def energy_drift_curve(
     return np.mean(np.abs(energy_pred - e0) / np.abs(e0 - ground), axis=0)
 
 
+def wrap_angle(x: np.ndarray) -> np.ndarray:
+    """Angles mapped to `(-pi, pi]`: `pi - ((pi - x) mod 2 pi)` (so `pi -> pi`, `-pi -> pi`)."""
+    return np.pi - np.mod(np.pi - np.asarray(x, dtype=np.float64), 2 * np.pi)
+
+
+def limit_cycle_amplitude_error(
+    pred: np.ndarray,
+    true: np.ndarray,
+    groups: tuple[tuple[int, ...], ...],
+    *,
+    tail: float = 0.25,
+) -> float:
+    """The relative error of the limit-cycle amplitude of self-sustained oscillators.
+
+    For each trajectory and each oscillator `i` (its coordinate `q_i` is the first state index
+    of `groups[i]`, `system.oscillator_groups()`), the amplitude is the RMS of `q_i` over the
+    last `tail` fraction of the horizon, `A = sqrt(mean_{t in tail} q_i(t)^2)` (for a sinusoid
+    of amplitude `a`, `a / sqrt 2`: the ratio below is the ratio of amplitudes); the error is
+    `|A_pred - A_true| / A_true`, averaged over oscillators and trajectories. A forecast that
+    is right in amplitude but wrong in phase scores 0: this measures the attractor, not the
+    trajectory. `pred`, `true`: `(N, T, d)`."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if pred.shape != true.shape or pred.ndim != 3:
+        raise ValueError(
+            f"pred and true must be (N, T, d) arrays of one shape, got {pred.shape}, {true.shape}"
+        )
+    if not 0 < tail <= 1:
+        raise ValueError(f"tail must be a fraction in (0, 1], got {tail!r}")
+    if not groups:
+        raise ValueError("groups must name at least one oscillator")
+    q_idx = [g[0] for g in groups]
+    n_tail = max(1, int(round(tail * true.shape[1])))
+
+    def amp(y):
+        return np.sqrt(np.mean(y[:, -n_tail:, q_idx] ** 2, axis=1))  # (N, n)
+
+    a_true = amp(true)
+    return float(np.mean(np.abs(amp(pred) - a_true) / np.maximum(a_true, 1e-12)))
+
+
+def phase_lock_error(dphi_pred: np.ndarray, dphi_true: np.ndarray) -> float:
+    """`mean |wrap(dphi_pred - dphi_true)| / pi` in `[0, 1]`: how far the forecast phase
+    differences between oscillators (any shape, e.g. `(N, T)`) are from the true ones, on the
+    circle (0: the same locking, 1: in anti-phase where the truth is in phase)."""
+    dphi_pred, dphi_true = np.asarray(dphi_pred, np.float64), np.asarray(dphi_true, np.float64)
+    if dphi_pred.shape != dphi_true.shape:
+        raise ValueError(
+            f"dphi_pred and dphi_true must have one shape, got {dphi_pred.shape}, {dphi_true.shape}"
+        )
+    return float(np.mean(np.abs(wrap_angle(dphi_pred - dphi_true)))) / np.pi
+
+
+def angular_nmse_curve(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """`nmse(t)` of phase oscillators on the circle: `nmse_curve` on the features
+    `(cos theta, sin theta)` of `pred`, `true` `(N, T, n)` (so angles that differ by `2 pi`
+    agree), each feature divided by its variance over `true` (all trajectories and times).
+    Returns `(T,)`."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if pred.shape != true.shape or pred.ndim != 3:
+        raise ValueError(
+            f"pred and true must be (N, T, n) arrays of one shape, got {pred.shape}, {true.shape}"
+        )
+
+    def features(theta):
+        return np.concatenate([np.cos(theta), np.sin(theta)], axis=-1)
+
+    f_true = features(true)
+    var = f_true.reshape(-1, f_true.shape[-1]).var(0)
+    return nmse_curve(features(pred), f_true, np.where(var > 0, var, 1.0))
+
+
 def coverage(points: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> float:
     """How far `points (M, d)` lie from the data: the median over them of the Euclidean
     distance to the nearest `reference (K, d)` state, each coordinate divided by `scale (d,)`
