@@ -44,6 +44,9 @@ class AbstractSystem(eqx.Module):
     - `natural_frequencies()`: each oscillator's own angular frequency;
     - `angular`: whether the `q` (or first-order phases) are angles;
     - `conservative`: whether `energy` is conserved along trajectories;
+    - `self_sustained`: whether each oscillator settles on a limit cycle of its own
+      amplitude (an escapement or negative damping: Van der Pol, the clocks), which the
+      study scores by the limit-cycle amplitude error;
     - `observables(y)`: the physical scalars the system has (energy, order
       parameter, phase differences);
     - `to_canonical(y)` / `from_canonical(z)`: `(q, q') <-> (q, dL/dq')`, the
@@ -54,6 +57,7 @@ class AbstractSystem(eqx.Module):
     has_energy: ClassVar[bool] = True
     conservative: ClassVar[bool] = False
     angular: ClassVar[bool] = False
+    self_sustained: ClassVar[bool] = False
 
     @property
     @abc.abstractmethod

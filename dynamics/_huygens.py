@@ -54,6 +54,7 @@ class HuygensClocks(AbstractSystem):
     mass_ratio: Float[Array, ""]
 
     angular: ClassVar[bool] = True
+    self_sustained: ClassVar[bool] = True
 
     def __init__(
         self,

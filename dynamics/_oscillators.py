@@ -170,6 +170,8 @@ class CoupledVanDerPol(_CoupledOscillators):
     mu: Float[Array, ""]
     _amplitude: ClassVar[float] = 2.0
 
+    self_sustained: ClassVar[bool] = True
+
     def __init__(self, omega, mu, coupling):
         super().__init__(omega, coupling)
         self.mu = v.scalar("mu", mu, nonnegative=True)

@@ -56,6 +56,11 @@ COLUMNS = (
     "smape_vpt",
     "energy_drift",
     "sync_error",
+    "amplitude_error",
+    "phase_lock_error",
+    "angular_nmse",
+    "lyapunov_exponent",
+    "vpt_lyapunov",
     "cont_interp_nmse",
     "cont_extrap_nmse",
     "cont_vpt",
@@ -346,6 +351,47 @@ def _linear_coupling(system) -> np.ndarray | None:
     return k
 
 
+#: the largest Lyapunov exponent of each (system, initial states, step, horizon) measured in
+#: this process: a system's runs share their test states, so it is measured once per worker
+_LYAPUNOV_CACHE: dict[tuple, float] = {}
+_LYAPUNOV_STATES = 4  # test initial states whose exponents are pooled (median)
+_LYAPUNOV_HORIZONS = 10  # the exponent is measured over 10 t_end
+
+
+def _lyapunov(system, y0s: np.ndarray, dt: float, t_end: float) -> float:
+    """The median over the initial states `y0s` of the system's largest Lyapunov exponent
+    (`dynamics.lyapunov_exponent`, over `10 t_end`, renormalised every 10 steps of `dt`); NaN
+    where the solve fails."""
+    import dynamics
+
+    every = 10
+    n_blocks = max(1, round(_LYAPUNOV_HORIZONS * t_end / (every * dt)))
+    try:
+        params = json.dumps(jsonable(system.parameters()), sort_keys=True)
+    except (TypeError, ValueError):  # a callable field: measured afresh (no stable key)
+        params = None
+    key = (_qualname_of(system), params, y0s.tobytes(), dt, t_end)
+    if params is not None and key in _LYAPUNOV_CACHE:
+        return _LYAPUNOV_CACHE[key]
+    lams = []
+    for y0 in y0s:
+        try:
+            lam = dynamics.lyapunov_exponent(
+                system, y0, dt=dt, n_steps=every * n_blocks, renormalise_every=every
+            )
+            lams.append(float(lam))
+        except (ValueError, dynamics.SimulationError):
+            lams.append(float("nan"))
+    value = float(np.median(lams))
+    if params is not None:
+        _LYAPUNOV_CACHE[key] = value
+    return value
+
+
+def _qualname_of(system) -> str:
+    return f"{type(system).__module__}.{type(system).__qualname__}"
+
+
 def score(model, ds, preset: Preset) -> tuple[dict, dict]:
     """Forecasts every evaluation split from its first `C` states; returns the metrics and the
     arrays the figures are drawn from (DESIGN.md section 6).
@@ -356,7 +402,27 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
     extrapolation errors, the coverage of what is forecast: the median distance of the true
     states beyond the training window to their nearest training state, in units of the
     training data's per-coordinate std (`coverage_extrap`, `cont_coverage_extrap`,
-    `coverage_ood`)."""
+    `coverage_ood`).
+
+    The metrics right for each kind of system, on the held-out `test` split over the whole
+    forecast `(t_C, t_end]`, read from what the system declares (no `isinstance`):
+
+    - `energy_drift` where it is `conservative`;
+    - `amplitude_error` where it is `self_sustained` (the limit-cycle amplitude over the last
+      quarter of the forecast, `metrics.limit_cycle_amplitude_error`);
+    - `phase_lock_error` where its `observables` hold `phase_difference*` (Huygens' clocks):
+      `metrics.phase_lock_error` over `(t_C, t_end]`, averaged over the differences. With
+      the default clocks that horizon covers only the start of their locking (anti-phase
+      takes hundreds of time units), so it scores whether the forecast follows the slow drift
+      of the phase difference, not the locked state;
+    - `sync_error` where it has an `order_parameter`, and `angular_nmse` (the nmse on
+      `(cos theta, sin theta)` over `(t_train, t_end]`) where its state is first-order phases
+      (`angular` and not `second_order`: Kuramoto);
+    - `lyapunov_exponent`, the median largest exponent of the first test states (over
+      `10 t_end`), for every system, and `vpt_lyapunov = vpt * lambda` (the valid time in
+      Lyapunov times, `vpt` in time units) where the forecast horizon spans at least one
+      Lyapunov time, `lambda (t_end - t_C) >= 1` (the double pendulum in its chaotic
+      regime); NaN elsewhere, where Lyapunov times mean nothing."""
     import jax.numpy as jnp
 
     import models
@@ -394,6 +460,10 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
         out[f"{prefix}vpt"] = vpt / ds.t_train
         out[f"{prefix}vpt_censored"] = bool(censored)
         if split == "test":
+            lam = _lyapunov(system, test[:_LYAPUNOV_STATES, 0], float(ds.dt), float(ts[-1]))
+            out["lyapunov_exponent"] = lam
+            if lam * (float(t_f[-1]) - t_c) >= 1.0:
+                out["vpt_lyapunov"] = vpt * lam
             out["smape"] = float(np.mean(metrics.smape_curve(pred, true[:, C:])))
             out["smape_vpt"] = metrics.smape_valid_time(pred, true[:, C:], t_f, t_c)[0] / (
                 ds.t_train
@@ -420,6 +490,26 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
             )
             arrays["sync_error"] = r_err.mean(0)
             out["sync_error"] = float(r_err.mean())
+        if system.angular and not system.second_order:  # the state is the phases
+            angular = metrics.angular_nmse_curve(pred, true[:, C:])
+            arrays["angular_nmse"] = angular
+            out["angular_nmse"] = float(np.mean(angular[~inside]))
+        if system.self_sustained:
+            out["amplitude_error"] = metrics.limit_cycle_amplitude_error(
+                pred, true[:, C:], system.oscillator_groups()
+            )
+        phase_keys = sorted(k for k in obs_pred if k.startswith("phase_difference"))
+        if phase_keys:
+            out["phase_lock_error"] = float(
+                np.mean(
+                    [
+                        metrics.phase_lock_error(
+                            np.asarray(obs_pred[k]), np.asarray(obs_true[k])[:, C:]
+                        )
+                        for k in phase_keys
+                    ]
+                )
+            )
     if isinstance(model, models.OscillatorModel):
         arrays["learned_frequencies"] = np.asarray(model.frequencies())
         arrays["learned_coupling"] = np.asarray(model.coupling())
