@@ -385,6 +385,8 @@ class RidgeRecipe(Recipe):
         precision: str = "float32",
     ) -> tuple[nnx.Module, RecipeResult]:
         del key, checkpoint_dir, progress, precision
+        if not (np.all(np.isfinite(dataset.train)) and np.all(np.isfinite(dataset.val))):
+            raise ValueError("RidgeRecipe: the train or val trajectories contain NaN or inf")
         val = np.asarray(dataset.val if np.shape(dataset.val)[0] > 0 else dataset.train)
         if not 1 <= self.context < val.shape[1]:
             raise ValueError(
