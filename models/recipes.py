@@ -29,6 +29,9 @@ Why these stages (the anchors):
   is removed by matching what is scored, the forecast.
 - The LSTM has no vector field: the same stopping rule with a **rollout
   curriculum** (its window sets how many steps it free-runs after its warm-up).
+- The reservoir baselines (`models.NVAR`, `models.ESN`) are linear readouts of fixed
+  features: `RidgeRecipe` solves them in closed form and chooses the ridge strength on the
+  same validation rollout (nothing is optimised, so nothing is left unconverged).
 
 `models.AbstractModel.recipe(n_train_steps, budget=...)` returns each model's
 default; a user's model inherits its parent's or overrides `recipe`.
