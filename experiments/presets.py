@@ -99,6 +99,11 @@ OSCILLATORS_N = OscillatorSpec(k="n", preset_kwargs={"window": "window"})
 OSCILLATORS_N_AGNOSTIC = OscillatorSpec(k="n", init="agnostic", preset_kwargs={"window": "window"})
 OSCILLATORS_2 = OscillatorSpec(k=2, preset_kwargs={"window": "window"})
 PARAMETRIC = ParametricSpec(preset_kwargs={"window": "window"})
+#: the reservoir baselines of the field (ridge readouts in closed form; seconds to fit):
+#: NG-RC with the paper's two delays of stride one and quadratic monomials, and an ESN of 200
+#: leaky units
+NVAR_SPEC = ModelSpec(models.NVAR, kwargs={"k": 2, "s": 1}, cost=0.2)
+ESN_SPEC = ModelSpec(models.ESN, kwargs={"units": 200}, cost=0.3)
 
 
 # --------------------------------------------------------------------------- presets
@@ -243,6 +248,8 @@ ALL_MODELS = (
     HNN,
     LNN,
     DISSIPATIVE_HNN,
+    NVAR_SPEC,
+    ESN_SPEC,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -284,6 +291,8 @@ PRESETS: dict[str, Preset] = {
             HNN,
             DISSIPATIVE_HNN,
             LNN,
+            NVAR_SPEC,
+            ESN_SPEC,
         ),
         seeds=(0,),
         n_train=(1, 128),
@@ -314,6 +323,8 @@ PRESETS: dict[str, Preset] = {
             HNN,
             DISSIPATIVE_HNN,
             LNN,
+            NVAR_SPEC,
+            ESN_SPEC,
         ),
         seeds=(0, 1, 2),
         n_train=(1, 4, 16, 128),

@@ -8,6 +8,8 @@ the fraction `pilot` of its budget (`Recipe.pilot`), and the one with the lowest
 rollout (`val_rollout_nmse`, the forecast of `val` from the study's context
 over the training window) is trained again, from its initial parameters, with
 the full recipe. Only `train` and `val` are used; the test splits are not seen.
+Models trained in closed form (`closed_form`: `models.NVAR`, `models.ESN`) have no learning
+rate: they skip the pilots, and their recipe chooses its ridge strength on `val` itself.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def candidates(mspec: ModelSpec, preset: Preset) -> list[tuple[dict, Preset]]:
     """The distinct `(choice, preset)` pairs of the grid for this model; `choice` names the
     settings varied (`{"lr": 0.003, "width": 128}`)."""
     lrs = preset.lr_grid or (mspec.train.get("lr", preset.lr),)
+    if getattr(mspec.cls, "closed_form", False):  # solved, not optimised: no rate to choose
+        lrs = (mspec.train.get("lr", preset.lr),)
     uses_width = "width" in mspec.preset_kwargs.values()
     widths = (preset.width_grid or (preset.width,)) if uses_width else (None,)
     out = []

@@ -20,10 +20,12 @@ from .parametric import (
 from .recipes import (
     Recipe as Recipe,
     RecipeResult as RecipeResult,
+    RidgeRecipe as RidgeRecipe,
     Stage as Stage,
     ode_recipe as ode_recipe,
     rollout_recipe as rollout_recipe,
 )
+from .reservoir import ESN as ESN, NVAR as NVAR
 from .train import (
     TrainConfig as TrainConfig,
     TrainingDiverged as TrainingDiverged,

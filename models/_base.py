@@ -25,6 +25,9 @@ class AbstractModel(nnx.Module):
 
     needs_canonical: ClassVar[bool] = False
     min_context: ClassVar[int] = 1
+    #: trained in closed form (`recipe(...)` solves, nothing is optimised): the study then
+    #: skips its learning-rate and width choice (`experiments.training`)
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, state_dim: int):
         self.state_dim = int(state_dim)

@@ -29,6 +29,9 @@ Why these stages (the anchors):
   is removed by matching what is scored, the forecast.
 - The LSTM has no vector field: the same stopping rule with a **rollout
   curriculum** (its window sets how many steps it free-runs after its warm-up).
+- The reservoir baselines (`models.NVAR`, `models.ESN`) are linear readouts of fixed
+  features: `RidgeRecipe` solves them in closed form and chooses the ridge strength on the
+  same validation rollout (nothing is optimised, so nothing is left unconverged).
 
 `models.AbstractModel.recipe(n_train_steps, budget=...)` returns each model's
 default; a user's model inherits its parent's or overrides `recipe`.
@@ -37,15 +40,26 @@ default; a user's model inherits its parent's or overrides `recipe`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from .train import Loss, TrainConfig, fit
+from .train import (
+    Loss,
+    TrainConfig,
+    TrainingDiverged,
+    _CompileTimer,
+    _inverse_variance,
+    _rollout_nmse,
+    fit,
+)
 
 
 def derivative_objective(model, windows, key):
@@ -322,3 +336,96 @@ def rollout_recipe(
     whole = budget // 80 if stages else budget // 16
     stages.append(Stage("whole window", None, None, max(1, whole), lr_scale=0.3, eval_every=25))
     return Recipe(stages=tuple(stages), **recipe_kwargs)
+
+
+#: the default grid of ridge strengths `lambda` of `RidgeRecipe`: every decade from 1e-10 to
+#: 1e3 (on standardised features with unnormalised sums; see `models.reservoir`)
+DEFAULT_RIDGES: tuple[float, ...] = tuple(float(x) for x in np.logspace(-10, 3, 14))
+
+
+@dataclasses.dataclass(frozen=True)
+class RidgeRecipe(Recipe):
+    """The closed-form recipe of the readout models (`models.NVAR`, `models.ESN`): no
+    optimisation, one stage.
+
+    `fit` calls `model.prepare(dataset)`, solves the ridge readout on every `train` trajectory
+    for each `lambda` in `ridges` (`model.readout_path`: one SVD for the whole grid), and keeps
+    the `lambda` whose validation rollout is lowest: each `val` trajectory forecast from its
+    first `context` states to its end, squared errors divided by each coordinate's variance
+    over `val` (the criterion of every other recipe, `val_rollout_nmse`; without `val`, the
+    `train` trajectories stand in). The result has `steps_run=1` (one solve) and
+    `converged=True` (a closed-form solution is the optimum of its objective); every `lambda`
+    that gives a non-finite rollout is skipped, and if all do, `TrainingDiverged` is raised.
+    `eval_every`, `batch_size`, `lr`, `key`, `checkpoint_dir` and `precision` are accepted for
+    the common interface and unused: the solve takes seconds, and runs in float64 where
+    `jax_enable_x64` is on (the study enables it).
+    """
+
+    stages: tuple[Stage, ...] = (Stage("ridge readout", None, None, 1, patience=None),)
+    ridges: tuple[float, ...] = DEFAULT_RIDGES
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.ridges or any(not (math.isfinite(r) and r >= 0) for r in self.ridges):
+            raise ValueError(f"RidgeRecipe: ridges must be finite values >= 0, got {self.ridges}")
+
+    def pilot(self, fraction: float) -> Recipe:
+        """The whole recipe: a closed-form fit has nothing cheaper to compare."""
+        del fraction
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "ridge", "context": self.context, "ridges": list(self.ridges)}
+
+    def fit(
+        self,
+        model: nnx.Module,
+        dataset,
+        *,
+        key=None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        precision: str = "float32",
+    ) -> tuple[nnx.Module, RecipeResult]:
+        del key, checkpoint_dir, progress, precision
+        if not (np.all(np.isfinite(dataset.train)) and np.all(np.isfinite(dataset.val))):
+            raise ValueError("RidgeRecipe: the train or val trajectories contain NaN or inf")
+        val = np.asarray(dataset.val if np.shape(dataset.val)[0] > 0 else dataset.train)
+        if not 1 <= self.context < val.shape[1]:
+            raise ValueError(
+                f"RidgeRecipe: context={self.context} leaves nothing to forecast in "
+                f"validation trajectories of {val.shape[1]} states"
+            )
+        start = time.perf_counter()
+        with _CompileTimer() as timer:
+            model.prepare(dataset)
+            ws, bs = model.readout_path(dataset.train, self.ridges)
+            graphdef = nnx.graphdef(model)
+            context = self.context
+
+            @jax.jit
+            def score(state, val, inv_var):
+                return _rollout_nmse(nnx.merge(graphdef, state), val, inv_var, context)
+
+            val_j, inv_var = jnp.asarray(val), jnp.asarray(_inverse_variance(val))
+            history, best = [], None
+            for i, ridge in enumerate(self.ridges):
+                model.set_readout(ws[i], bs[i])
+                v = float(score(nnx.state(model), val_j, inv_var))
+                v = v if math.isfinite(v) else float("inf")
+                history.append({"stage": "ridge readout", "ridge": ridge, "val_rollout_nmse": v})
+                if v < float("inf") and (best is None or v < history[best]["val_rollout_nmse"]):
+                    best = i
+            if best is None:
+                raise TrainingDiverged(1, float("nan"), model)
+            model.set_readout(ws[best], bs[best])
+        seconds = time.perf_counter() - start
+        return model, RecipeResult(
+            val_rollout_nmse=history[best]["val_rollout_nmse"],
+            steps_run=1,
+            converged=True,
+            train_seconds=max(0.0, seconds - timer.seconds),
+            compile_seconds=timer.seconds,
+            best_stage=f"ridge {self.ridges[best]:.3g}",
+            history=history,
+        )

@@ -343,6 +343,13 @@ _LOSS_KEY = 2
 _VAL_KEY = 2**31 - 1
 
 
+def _inverse_variance(val: np.ndarray) -> np.ndarray:
+    """`1 / var` per coordinate over every state of `val` `(N, T, d)` (tiny variances floored to
+    1): the normaliser of the validation rollout."""
+    var = np.asarray(val, np.float64).reshape(-1, np.shape(val)[-1]).var(0)
+    return 1.0 / np.where(var > 1e-12 * max(1.0, float(var.max())), var, 1.0)
+
+
 def _rollout_nmse(model, val, inv_var, context: int):
     """The long-horizon validation criterion: every `val` trajectory `(N, T, d)` forecast from
     its first `context` states to its end, squared errors times `inv_var` (the inverse
@@ -599,9 +606,7 @@ def _run(
         has_val = dataset.val.shape[0] > 0
         if has_val and cfg.val_context is not None:
             val = np.asarray(dataset.val, np.float64)
-            var = val.reshape(-1, val.shape[-1]).var(0)
-            inv_var = 1.0 / np.where(var > 1e-12 * max(1.0, float(var.max())), var, 1.0)
-            val_batch = (jnp.asarray(val, dtype), jnp.asarray(inv_var, dtype))
+            val_batch = (jnp.asarray(val, dtype), jnp.asarray(_inverse_variance(val), dtype))
         else:
             val_batch = jnp.asarray(
                 _windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype
