@@ -286,9 +286,8 @@ def test_attribution_on_an_empty_directory_trains_what_it_needs_or_fails_loudly(
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     cache = tmp_path / "cache"
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    # a budget of 3000 (the LSTM's recipe on these short trajectories: 187 steps of its whole
-    # window, validated every 25): a long window in which the LSTM is killed mid-training,
-    # however loaded the machine (the poll below may sleep for seconds)
+    # a budget of 3000, validated every 20: a long window in which the second run is killed
+    # mid-training, however loaded the machine (the poll below may sleep for seconds)
     cmd = functools.partial(
         study_command,
         "extrapolation",
@@ -298,6 +297,8 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
         "3000",
         "--eval-every",
         "20",
+        "--workers",
+        "1",
         "--no-progress",
         "--out",
     )
@@ -310,10 +311,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
         timeout=SUBPROCESS_TIMEOUT,
     )
 
+    # one worker takes the runs dearest first (ModelSpec.cost): the first two in that order
     preset = _tiny(steps=3000, eval_every=20)
-    spec, system = preset.systems[0], preset.systems[0].build()
-    first_key, _ = RunKey.of(spec, system, preset.models[0], preset, seed=0, n_train=8)
-    lstm_key, _ = RunKey.of(spec, system, preset.models[1], preset, seed=0, n_train=8)
+    todo = extrapolation.jobs(preset)
+    (spec0, m0, s0, n0), (spec1, m1, s1, n1) = sorted(todo, key=lambda j: -j[1].cost)[:2]
+    first_key, _ = RunKey.of(spec0, spec0.build(), m0, preset, seed=s0, n_train=n0)
+    second_key, _ = RunKey.of(spec1, spec1.build(), m1, preset, seed=s1, n_train=n1)
     proc = subprocess.Popen(
         cmd(str(out)),
         cwd=ROOT,
@@ -321,13 +324,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # wait until the first (fast) run is finished and the LSTM, trained beside it by the other
-    # worker (or after it, by a single one), has saved a checkpoint mid-training
-    lstm_ckpt = Output(out).run_file(lstm_key, "checkpoint")  # .../final/stage<i>/state/<n>
+    # wait until the first run is finished and the second has saved a checkpoint mid-training
+    ckpt = Output(out).run_file(second_key, "checkpoint")  # .../final/stage<i>/state/<n>
     first = Output(out).run_file(first_key, "result.json")
     deadline = time.time() + SUBPROCESS_TIMEOUT
     while time.time() < deadline and proc.poll() is None:
-        if first.exists() and any(p.name.isdigit() for p in lstm_ckpt.glob("**/state/*")):
+        if first.exists() and any(p.name.isdigit() for p in ckpt.glob("**/state/*")):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
