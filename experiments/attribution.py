@@ -11,8 +11,15 @@ over the context's time lags into a `(D, D)` matrix per horizon `h`, and
 scored against the simulator's own sensitivities `d y(t_C + h) / d y(t_C)`
 (`models.attribution.true_jacobian`) and its coupling graph: coupling-graph
 AUROC and Spearman correlation with the true Jacobian, separately inside and
-beyond the training window. The structured model's learned coupling matrix is
-scored directly too. The LSTM's hidden states are probed (`models.probes`).
+beyond the training window. The simulator's Jacobian is with respect to the
+last context state only, so `saliency_last_state` (the forecast's saliency with
+respect to that state alone) compares like with like, while the pooled methods
+measure the sensitivity to a uniform shift of the whole context; how the
+saliency mass spreads over older lags (`older_lag_fraction`, `mean_lag`, on the
+saliency rows) says how far back a model looks. Coupling AUROC is NaN (n/a)
+where the true graph has no non-edges; the Spearman correlation is still
+reported. The structured model's learned coupling matrix is scored directly too.
+The LSTM's hidden states are probed (`models.probes`).
 Writes `attribution.csv`, `probes.csv`, the arrays behind the figures and the
 figures.
 """
@@ -39,10 +46,15 @@ ATTR_COLUMNS = (
     "coupling_auroc",
     "jacobian_spearman",
     "n_traj",
+    "older_lag_fraction",
+    "mean_lag",
     "reason",
 )
 PROBE_COLUMNS = ("system", "model", "n_train", "quantity", "split", "r2", "control_r2", "reason")
-METHODS = ("saliency", "gradient_x_input", "integrated_gradients")
+#: `saliency_last_state` is the saliency with respect to the last context state alone, the
+#: quantity the simulator's Jacobian `d y(t_C + h) / d y(t_C)` is; the others are pooled over
+#: every context lag (the sensitivity to a uniform shift of the whole context)
+METHODS = ("saliency", "saliency_last_state", "gradient_x_input", "integrated_gradients")
 
 
 class NothingToAttribute(RuntimeError):
@@ -53,7 +65,8 @@ def _forecast_attributions(model, context, horizons, *, ig_steps: int = 16):
     """Attributions of `yhat(t_C + h)` to the context for every horizon `h`, in one program:
     the saliency `J[h, a, c, b] = d yhat_a(h) / d context[c, b]` `(nh, D, C, D)` (kept per lag
     for the lag maps), and gradient x input and integrated gradients (zero baseline, Gauss-
-    Legendre nodes) pooled over the context's time lags, `(nh, D, D)` each."""
+    Legendre nodes) pooled over the context's time lags, `(nh, D, D)` each, and the saliency
+    with respect to the last context state alone, `J[:, :, -1, :]`."""
     import jax
     import jax.numpy as jnp
 
@@ -69,9 +82,24 @@ def _forecast_attributions(model, context, horizons, *, ig_steps: int = 16):
     ig = jnp.tensordot(jnp.asarray(weights, dt), along, axes=1) * context[None, None]
     return full, {
         "saliency": full.sum(2),
+        "saliency_last_state": full[:, :, -1, :],
         "gradient_x_input": (full * context[None, None]).sum(2),
         "integrated_gradients": ig.sum(2),
     }
+
+
+def lag_spread(full: np.ndarray) -> tuple[float, float]:
+    """How far back a model looks: from the saliency `full (nh, D, C, D)`, the share of the
+    attribution mass `m_c = sum_{h,a,b} |J[h, a, c, b]|` on the context states before the last
+    one, `1 - m_{C-1} / sum_c m_c`, and the mass-weighted mean lag `sum_c (C-1-c) m_c / sum_c
+    m_c` in steps. A learner of the flow map needs only the last state (0 and 0); weight on
+    older states is a measurable sign of reading the record rather than the state."""
+    mass = np.abs(np.asarray(full, np.float64)).sum(axis=(0, 1, 3))
+    total = mass.sum()
+    if not np.isfinite(total) or total <= 0:
+        return float("nan"), float("nan")
+    lags = np.arange(mass.size)[::-1]
+    return float(1.0 - mass[-1] / total), float((lags * mass).sum() / total)
 
 
 def _nanmean(values, axis=None):
@@ -113,10 +141,16 @@ def attribute_model(model, ds, preset: Preset):
         true_all.append(np.asarray(tj))
     dtype = jax.tree.leaves(nnx.state(model))[0].dtype
     per: dict[str, list] = {m: [] for m in METHODS}
+    inside_h = ts_abs <= ds.t_train
+    spread: dict[str, list] = {"inside": [], "beyond": []}
     for i in range(n_traj):
         full, attrs = fwd(jnp.asarray(ds.test[i, :C], dtype))
+        full = np.asarray(full, dtype=np.float64)
         if i == 0:
-            full0 = np.asarray(full, dtype=np.float64)
+            full0 = full
+        for split, mask in (("inside", inside_h), ("beyond", ~inside_h)):
+            if mask.any():
+                spread[split].append(lag_spread(full[mask]))
         for method in METHODS:
             attr = np.asarray(attrs[method], dtype=np.float64)
             if not np.all(np.isfinite(attr)):
@@ -133,6 +167,7 @@ def attribute_model(model, ds, preset: Preset):
         for split in ("inside", "beyond"):
             au = [float(getattr(s, f"auroc_{split}")) for s in scores]
             sp = [float(getattr(s, f"spearman_{split}")) for s in scores]
+            lag = np.asarray(spread[split], float).reshape(-1, 2) if method == "saliency" else None
             rows.append(
                 {
                     "method": method,
@@ -140,6 +175,8 @@ def attribute_model(model, ds, preset: Preset):
                     "coupling_auroc": float(_nanmean(au)),
                     "jacobian_spearman": float(_nanmean(sp)),
                     "n_traj": len(scores),
+                    "older_lag_fraction": float(_nanmean(lag[:, 0])) if lag is not None else np.nan,
+                    "mean_lag": float(_nanmean(lag[:, 1])) if lag is not None else np.nan,
                 }
             )
         if scores:

@@ -597,7 +597,14 @@ def read_metrics(output: Output) -> list[dict]:
 def is_converged(row: dict) -> bool:
     """Whether a run's recorded `converged` is true (a bool in memory and in `result.json`,
     the string `True` once read back from `metrics.csv`)."""
-    value = row.get("converged")
+    return _is_true(row.get("converged"))
+
+
+def _censored_flag(column: str) -> str | None:
+    return {"vpt": "vpt_censored", "cont_vpt": "cont_vpt_censored"}.get(column)
+
+
+def _is_true(value) -> bool:
     return value is True or str(value) in ("True", "true", "1")
 
 
@@ -614,6 +621,18 @@ def summary_markdown(rows: list[dict]) -> str:
         "cont_coverage_extrap",
         "energy_drift",
     )
+    # the metrics of particular kinds of system, where some row has them
+    cols += tuple(
+        c
+        for c in (
+            "amplitude_error",
+            "phase_lock_error",
+            "sync_error",
+            "angular_nmse",
+            "vpt_lyapunov",
+        )
+        if any(np.isfinite(float(r.get(c, np.nan))) for r in rows if r["status"] == "ok")
+    )
     lines = [
         "| system | model | n_train | seeds | converged | " + " | ".join(cols) + " |",
         "|" + "---|" * (5 + len(cols)),
@@ -625,11 +644,18 @@ def summary_markdown(rows: list[dict]) -> str:
         ok = [r for r in rs if r["status"] == "ok"]
         cells = []
         for c in cols:
-            m, h = metrics.mean_ci([r[c] for r in ok])
+            m, h = metrics.mean_ci([r.get(c, np.nan) for r in ok])
+            flag = _censored_flag(c)
+            # a censored valid time (most of the seeds never left the threshold) is a bound
+            bound = (
+                ">= "
+                if flag and ok and 2 * sum(_is_true(r.get(flag)) for r in ok) > len(ok)
+                else ""
+            )
             cells.append(
                 "-"
                 if not np.isfinite(m)
-                else (f"{m:.3g}" if not np.isfinite(h) else f"{m:.3g} ± {h:.2g}")
+                else bound + (f"{m:.3g}" if not np.isfinite(h) else f"{m:.3g} ± {h:.2g}")
             )
         bad = sorted({r["status"] for r in rs if r["status"] != "ok"})
         status = f"{len(ok)}/{len(rs)}" + (f" ({', '.join(bad)})" if bad else "")
@@ -644,7 +670,8 @@ def summary_markdown(rows: list[dict]) -> str:
         "`cont_*`: the continuation protocol (the training records continued); `coverage_*`: "
         "median distance of the true states beyond the training window to the nearest "
         "training state, in training stds. "
-        "`vpt` (from t_C, in units of t_train; at the horizon, 3.9, it is censored) and "
+        "`vpt` (from t_C, in units of t_train; `>=`: censored, the forecast never left the "
+        "threshold within the horizon) and "
         "nmse normalised per coordinate by the test-set variance; "
         "`energy_drift` only for conservative systems. `converged`: the runs whose last "
         "training stage stopped by its rule (the validation rollout no longer improving by 1%) "

@@ -194,6 +194,40 @@ def extrapolation_vs_n_train(rows, path: Path):
     return path
 
 
+def coverage_vs_error(rows, path: Path):
+    """Extrapolation error against the coverage of what is forecast (the median distance of
+    the true states beyond `t_train` to their nearest training state, in training stds): one
+    point per run, held-out (filled) and continuation (open) records, every n_train; a dotted
+    line joins a run's two protocols. Whether a model fails beyond the window when the
+    window's states are far from the data, or whenever it is beyond the window, reads off the
+    slope."""
+    systems = sorted({r["system"] for r in rows})
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return None
+    fig, axes = plt.subplots(1, len(systems), figsize=(6 * len(systems), 4.5), squeeze=False)
+    for ax, system in zip(axes[0], systems):
+        mine = [r for r in ok if r["system"] == system]
+        models = list(dict.fromkeys(r["model"] for r in mine))
+        for i, m in enumerate(models):
+            c = _color(m, i)
+            for j, r in enumerate(r for r in mine if r["model"] == m):
+                x = (float(r["coverage_extrap"]), float(r["cont_coverage_extrap"]))
+                y = (float(r["extrap_nmse"]), float(r["cont_extrap_nmse"]))
+                ax.plot(x, y, ":", color=c, lw=0.8)
+                ax.scatter(x[0], y[0], color=c, s=22, label=m if j == 0 else None)
+                ax.scatter(x[1], y[1], facecolor="white", edgecolor=c, s=22)
+        ax.set_yscale("log")
+        ax.set_xlabel("coverage: distance of the states beyond t_train to the training data")
+        ax.set_ylabel("extrap_nmse over (t_train, t_end]")
+        ax.set_title(f"{system}: filled held-out, open continuation")
+        ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def nmse_over_time(runs, system, t_train, path: Path):
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, ((s, m), rs) in enumerate(sorted(runs.items())):
@@ -382,7 +416,10 @@ def draw_all(out: Output, t_train: float) -> list[Path]:
     runs = load_runs(out, largest)
     few = load_runs(out, smallest)
     _set_k_max({r["model"] for r in rows})
-    made = [extrapolation_vs_n_train(all_rows, figures / "extrapolation_vs_n_train.png")]
+    made = [
+        extrapolation_vs_n_train(all_rows, figures / "extrapolation_vs_n_train.png"),
+        coverage_vs_error(all_rows, figures / "coverage_vs_error.png"),
+    ]
     for system in sorted(systems):
         tag = system
         made += [

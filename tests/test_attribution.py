@@ -773,3 +773,21 @@ def test_bad_inputs_raise_clear_errors(getkey, unchecked):
         attr.true_jacobian(
             dynamics.HarmonicChain([1.0, 2.0], np.zeros((2, 2))), jnp.ones(3), jnp.linspace(0, 1, 3)
         )
+
+
+def test_lag_spread_on_constructed_saliencies():
+    """All mass on the last context state: nothing older (0, 0); spread evenly over C lags:
+    `1 - 1/C` of it on older states at a mean lag of `(C - 1)/2` steps; all on the oldest
+    state: fraction 1 at lag C - 1. Zero saliency has no spread (NaN)."""
+    from experiments.attribution import lag_spread
+
+    nh, D, C = 3, 4, 5
+    last = np.zeros((nh, D, C, D))
+    last[:, :, -1, :] = np.random.default_rng(0).normal(size=(nh, D, D))
+    assert lag_spread(last) == (0.0, 0.0)
+    even = np.ones((nh, D, C, D))
+    np.testing.assert_allclose(lag_spread(even), (1 - 1 / C, (C - 1) / 2), rtol=1e-12)
+    oldest = np.zeros((nh, D, C, D))
+    oldest[:, :, 0, :] = -2.0  # the sign does not matter
+    np.testing.assert_allclose(lag_spread(oldest), (1.0, C - 1), rtol=1e-12)
+    assert all(np.isnan(lag_spread(np.zeros((nh, D, C, D)))))

@@ -85,3 +85,27 @@ def test_conservative_chain_gets_none_of_them():
     out, _ = _score(d.HarmonicChain([1.0, 1.3], d.chain_coupling(2, 0.3)))
     assert _present(out) == set()
     assert abs(out["lyapunov_exponent"]) < 0.05 and np.isfinite(out["energy_drift"])
+
+
+def _row(model, seed, **values):
+    row = {c: float("nan") for c in extrapolation.COLUMNS}
+    row.update(system="S", model=model, seed=seed, n_train=1, status="ok", converged=True)
+    row.update(values)
+    return row
+
+
+def test_summary_marks_censored_valid_times_and_shows_only_the_metrics_present():
+    rows = [
+        _row("a", 0, vpt=3.9, vpt_censored=True),
+        _row("a", 1, vpt=3.9, vpt_censored=True),
+        _row("b", 0, vpt=1.0, vpt_censored=False, amplitude_error=0.1),
+        _row("b", 1, vpt=2.0, vpt_censored=True, amplitude_error=0.3),
+    ]
+    table = extrapolation.summary_markdown(rows)
+    header = table.splitlines()[0]
+    assert "amplitude_error" in header and "phase_lock_error" not in header
+    line_a = next(x for x in table.splitlines() if x.startswith("| S | a |"))
+    line_b = next(x for x in table.splitlines() if x.startswith("| S | b |"))
+    assert ">= 3.9" in line_a
+    assert ">=" not in line_b  # one censored seed of two: the median is not a bound
+    assert "0.2 ±" in line_b  # the amplitude error's mean over the two seeds
