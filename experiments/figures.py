@@ -32,15 +32,25 @@ _COLORS = {
     "HNN": "tab:blue",
     "LNN": "tab:cyan",
     "DissipativeHNN": "tab:purple",
+    "NVAR": "tab:pink",
+    "ESN": "tab:gray",
+    "GRU": "salmon",
+    "Transformer": "gold",
+    "SINDy": "navy",
+    "ParametricModel": "lime",
 }
+#: an nmse above this is drawn at it (marked ^): a forecast that blew up says no more by its size
+_NMSE_CAP = 1e3
 
 
 def _color(model: str, i: int = 0):
     """A fixed colour per model; the structured model is green with the most oscillators
     (`k = n`) and olive with fewer."""
     if model.startswith("OscillatorModel"):
-        return "tab:green" if model == _color.k_max else "olive"
-    return _COLORS.get(model, f"C{i % 10}")
+        if model == _color.k_max:
+            return "tab:green"
+        return "darkseagreen" if "agnostic" in model else "olive"
+    return _COLORS.get(model.split("(")[0], f"C{i % 10}")
 
 
 _color.k_max = None
@@ -160,6 +170,8 @@ def extrapolation_vs_n_train(rows, path: Path):
                 ]
                 mean = np.array([s[0] for s in stats])
                 half = np.nan_to_num(np.array([s[1] for s in stats]))
+                capped = mean > _NMSE_CAP
+                mean, half = np.minimum(mean, _NMSE_CAP), np.where(capped, 0.0, half)
                 c = _color(m, i)
                 ax.errorbar(
                     ns,
@@ -170,9 +182,16 @@ def extrapolation_vs_n_train(rows, path: Path):
                     capsize=2,
                     lw=1.2,
                 )
-                ax.scatter(
-                    ns, mean, color=[c if k else "white" for k in conv], edgecolor=c, zorder=3, s=22
-                )
+                for n, y, k, cap in zip(ns, mean, conv, capped):
+                    ax.scatter(
+                        n,
+                        y,
+                        color=c if k else "white",
+                        edgecolor=c,
+                        zorder=3,
+                        s=22,
+                        marker="^" if cap else "o",
+                    )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("n_train (training trajectories)")
@@ -182,7 +201,8 @@ def extrapolation_vs_n_train(rows, path: Path):
     fig.text(
         0.99,
         0.005,
-        "open markers: not converged; bars: 95% interval over seeds",
+        f"open markers: not converged; bars: 95% interval over seeds; ^: above {_NMSE_CAP:g}, "
+        "drawn at it",
         ha="right",
         va="bottom",
         fontsize=7,
@@ -213,7 +233,7 @@ def coverage_vs_error(rows, path: Path):
             c = _color(m, i)
             for j, r in enumerate(r for r in mine if r["model"] == m):
                 x = (float(r["coverage_extrap"]), float(r["cont_coverage_extrap"]))
-                y = (float(r["extrap_nmse"]), float(r["cont_extrap_nmse"]))
+                y = np.minimum((float(r["extrap_nmse"]), float(r["cont_extrap_nmse"])), _NMSE_CAP)
                 ax.plot(x, y, ":", color=c, lw=0.8)
                 ax.scatter(x[0], y[0], color=c, s=22, label=m if j == 0 else None)
                 ax.scatter(x[1], y[1], facecolor="white", edgecolor=c, s=22)
@@ -221,6 +241,15 @@ def coverage_vs_error(rows, path: Path):
         ax.set_xlabel("coverage: distance of the states beyond t_train to the training data")
         ax.set_ylabel("extrap_nmse over (t_train, t_end]")
         ax.set_title(f"{system}: filled held-out, open continuation")
+        ax.axhline(_NMSE_CAP, color="0.6", lw=0.6, ls="--")
+        ax.text(
+            ax.get_xlim()[0],
+            _NMSE_CAP,
+            f" above {_NMSE_CAP:g}: drawn at it",
+            fontsize=7,
+            va="bottom",
+            color="0.4",
+        )
         ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
