@@ -88,7 +88,9 @@ def test_van_der_pol_needs_the_cubic_library(vdp_issue_231, degree):
     """With quadratic terms only (pysindy's default library) the cubic `-mu x^2 x'` cannot
     be represented: the fit is wrong and its forecast is poor; the cubic library recovers
     `x'' = mu (1 - x^2) x' - x` (mu and the cubic coefficient to 1e-3) and forecasts 30 time
-    units to a normalised error below 1e-4."""
+    units to a normalised error below 1e-4 (measured: degree 2 keeps 4 spurious quadratic
+    terms, misses `mu x'` and the cubic, normalised error 0.75; degree 3 is exact to 1.3e-7,
+    error 1.3e-14)."""
     system, dt, train, test = vdp_issue_231
     model = models.SINDy(2, degree=degree, trig=False)
     model.identify(train, threshold=0.1, window=5, dt=dt)
@@ -104,6 +106,7 @@ def test_van_der_pol_needs_the_cubic_library(vdp_issue_231, degree):
         assert xi[1, index["x1"]] == pytest.approx(1.0, abs=1e-3)  # mu
         assert xi[1, index["x0^2 x1"]] == pytest.approx(-1.0, abs=1e-3)  # -mu
         assert score.n_spurious == 0 and score.n_missed == 0
+        assert score.max_true_error < 1e-3
         assert err < 1e-4
 
 
