@@ -108,6 +108,11 @@ PARAMETRIC = ParametricSpec(preset_kwargs={"window": "window"})
 #: leaky units
 NVAR_SPEC = ModelSpec(models.NVAR, kwargs={"k": 2, "s": 1}, cost=0.2)
 ESN_SPEC = ModelSpec(models.ESN, kwargs={"units": 200}, cost=0.3)
+#: sparse identification (pysindy's STLSQ on polynomials to degree 3, threshold and derivative
+#: window chosen on `val`; seconds to fit). Without sin/cos: with them the chains are not
+#: identifiable at the sampled amplitudes (`sin q = q - q^3/6 + ...`; 1% noise then gives
+#: coefficients of 30-40 on the harmonic chain, see tests/test_sindy.py)
+SINDY_SPEC = ModelSpec(models.SINDy, kwargs={"degree": 3, "trig": False}, label="SINDy", cost=0.3)
 
 
 # --------------------------------------------------------------------------- presets
@@ -254,6 +259,7 @@ ALL_MODELS = (
     DISSIPATIVE_HNN,
     NVAR_SPEC,
     ESN_SPEC,
+    SINDY_SPEC,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -297,6 +303,7 @@ PRESETS: dict[str, Preset] = {
             LNN,
             NVAR_SPEC,
             ESN_SPEC,
+            SINDY_SPEC,
         ),
         seeds=(0,),
         n_train=(1, 128),
@@ -329,6 +336,7 @@ PRESETS: dict[str, Preset] = {
             LNN,
             NVAR_SPEC,
             ESN_SPEC,
+            SINDY_SPEC,
         ),
         seeds=(0, 1, 2),
         n_train=(1, 4, 16, 128),

@@ -8,8 +8,9 @@ the fraction `pilot` of its budget (`Recipe.pilot`), and the one with the lowest
 rollout (`val_rollout_nmse`, the forecast of `val` from the study's context
 over the training window) is trained again, from its initial parameters, with
 the full recipe. Only `train` and `val` are used; the test splits are not seen.
-Models trained in closed form (`closed_form`: `models.NVAR`, `models.ESN`) have no learning
-rate: they skip the pilots, and their recipe chooses its ridge strength on `val` itself.
+Models trained in closed form (`closed_form`: `models.NVAR`, `models.ESN`, `models.SINDy`)
+have no learning rate: they skip the pilots, and their recipe chooses its ridge strength (or
+threshold) on `val` itself.
 """
 
 from __future__ import annotations

@@ -21,11 +21,18 @@ from .recipes import (
     Recipe as Recipe,
     RecipeResult as RecipeResult,
     RidgeRecipe as RidgeRecipe,
+    SINDyRecipe as SINDyRecipe,
     Stage as Stage,
     ode_recipe as ode_recipe,
     rollout_recipe as rollout_recipe,
 )
 from .reservoir import ESN as ESN, NVAR as NVAR
+from .sindy import (
+    CoefficientScore as CoefficientScore,
+    SINDy as SINDy,
+    score_coefficients as score_coefficients,
+    true_coefficients as true_coefficients,
+)
 from .train import (
     TrainConfig as TrainConfig,
     TrainingDiverged as TrainingDiverged,

@@ -429,3 +429,129 @@ class RidgeRecipe(Recipe):
             best_stage=f"ridge {self.ridges[best]:.3g}",
             history=history,
         )
+
+
+#: the default grid of STLSQ thresholds of `SINDyRecipe` (absolute coefficient magnitudes in
+#: the observed coordinates, where the chains' true coefficients are of order 0.1 to 10)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
+#: the default Savitzky-Golay derivative windows of `SINDyRecipe`: 5 points (the fourth-order
+#: stencil, for clean data) to 15 (the ODE models' derivative stage, for 1% noise)
+DEFAULT_DERIVATIVE_WINDOWS: tuple[int, ...] = (5, 9, 15)
+
+
+@dataclasses.dataclass(frozen=True)
+class SINDyRecipe(Recipe):
+    """The closed-form recipe of `models.SINDy`: no optimisation, one stage.
+
+    `fit` calls `model.prepare(dataset)`, then, for every derivative window in `windows`
+    (those no longer than the training trajectories) and every threshold in `thresholds`,
+    identifies the coefficients by STLSQ on every `train` trajectory (`model.identify`) and
+    scores the validation rollout as `RidgeRecipe` does (each `val` trajectory forecast from
+    its first `context` states to its end, squared errors over each coordinate's variance over
+    `val`; without `val`, `train` stands in). The setting with the lowest rollout is kept;
+    settings whose rollout is not finite (an identified field that blows up) are skipped, and
+    if all are, `TrainingDiverged` is raised. `steps_run=1`, `converged=True` (a solve, not an
+    optimisation); `best_stage` names the setting. `eval_every`, `batch_size`, `lr`, `key`,
+    `checkpoint_dir` and `precision` are accepted for the common interface and unused.
+    """
+
+    stages: tuple[Stage, ...] = (Stage("sparse regression", None, None, 1, patience=None),)
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    windows: tuple[int, ...] = DEFAULT_DERIVATIVE_WINDOWS
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.thresholds or any(not (math.isfinite(t) and t >= 0) for t in self.thresholds):
+            raise ValueError(
+                f"SINDyRecipe: thresholds must be finite values >= 0, got {self.thresholds}"
+            )
+        if not self.windows or any(
+            isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 3 or w % 2 == 0
+            for w in self.windows
+        ):
+            raise ValueError(f"SINDyRecipe: windows must be odd integers >= 3, got {self.windows}")
+
+    def pilot(self, fraction: float) -> Recipe:
+        """The whole recipe: a closed-form fit has nothing cheaper to compare."""
+        del fraction
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "sindy",
+            "context": self.context,
+            "thresholds": list(self.thresholds),
+            "windows": list(self.windows),
+        }
+
+    def fit(
+        self,
+        model: nnx.Module,
+        dataset,
+        *,
+        key=None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        precision: str = "float32",
+    ) -> tuple[nnx.Module, RecipeResult]:
+        del key, checkpoint_dir, progress, precision
+        if not (np.all(np.isfinite(dataset.train)) and np.all(np.isfinite(dataset.val))):
+            raise ValueError("SINDyRecipe: the train or val trajectories contain NaN or inf")
+        val = np.asarray(dataset.val if np.shape(dataset.val)[0] > 0 else dataset.train)
+        if not 1 <= self.context < val.shape[1]:
+            raise ValueError(
+                f"SINDyRecipe: context={self.context} leaves nothing to forecast in "
+                f"validation trajectories of {val.shape[1]} states"
+            )
+        n_states = np.shape(dataset.train)[1]
+        windows = [w for w in self.windows if w <= n_states]
+        if not windows:
+            raise ValueError(
+                f"SINDyRecipe: training trajectories of {n_states} states are shorter than "
+                f"every derivative window {self.windows}"
+            )
+        start = time.perf_counter()
+        with _CompileTimer() as timer:
+            model.prepare(dataset)
+            graphdef = nnx.graphdef(model)
+            context = self.context
+
+            @jax.jit
+            def score(state, val, inv_var):
+                return _rollout_nmse(nnx.merge(graphdef, state), val, inv_var, context)
+
+            val_j, inv_var = jnp.asarray(val), jnp.asarray(_inverse_variance(val))
+            history, candidates, best = [], [], None
+            for w in windows:
+                for thr in self.thresholds:
+                    model.identify(dataset.train, threshold=thr, window=w)
+                    xi = np.asarray(model.coefficients[...])
+                    v = float(score(nnx.state(model), val_j, inv_var))
+                    v = v if math.isfinite(v) else float("inf")
+                    history.append(
+                        {
+                            "stage": "sparse regression",
+                            "threshold": thr,
+                            "window": w,
+                            "n_terms": int(np.count_nonzero(xi)),
+                            "val_rollout_nmse": v,
+                        }
+                    )
+                    candidates.append((thr, w, xi))
+                    if v < float("inf") and (best is None or v < history[best]["val_rollout_nmse"]):
+                        best = len(history) - 1
+            if best is None:
+                raise TrainingDiverged(1, float("nan"), model)
+            thr, w, xi = candidates[best]
+            model.set_coefficients(xi)
+            model.threshold, model.derivative_window = thr, w
+        seconds = time.perf_counter() - start
+        return model, RecipeResult(
+            val_rollout_nmse=history[best]["val_rollout_nmse"],
+            steps_run=1,
+            converged=True,
+            train_seconds=max(0.0, seconds - timer.seconds),
+            compile_seconds=timer.seconds,
+            best_stage=f"threshold {thr:.3g}, window {w}",
+            history=history,
+        )
