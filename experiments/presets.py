@@ -108,6 +108,19 @@ PARAMETRIC = ParametricSpec(preset_kwargs={"window": "window"})
 #: leaky units
 NVAR_SPEC = ModelSpec(models.NVAR, kwargs={"k": 2, "s": 1}, cost=0.2)
 ESN_SPEC = ModelSpec(models.ESN, kwargs={"units": 200}, cost=0.3)
+#: the LSTM's sibling black boxes, trained by the same recipe (`rollout_recipe`) and stopping
+#: rule: a GRU of the preset's `hidden` units, and a causal Transformer whose window is the
+#: study's context (`W = C`; 2 pre-layer-norm blocks of 4 heads, d_model 32)
+GRU_SPEC = ModelSpec(
+    models.GRU, kwargs={"rollout": 200}, preset_kwargs={"hidden": "hidden"}, label="GRU", cost=1.2
+)
+TRANSFORMER_SPEC = ModelSpec(
+    models.Transformer,
+    kwargs={"rollout": 200, "d_model": 32, "heads": 4, "layers": 2},
+    preset_kwargs={"context": "context"},
+    label="Transformer",
+    cost=3.0,
+)
 
 
 # --------------------------------------------------------------------------- presets
@@ -254,6 +267,8 @@ ALL_MODELS = (
     DISSIPATIVE_HNN,
     NVAR_SPEC,
     ESN_SPEC,
+    GRU_SPEC,
+    TRANSFORMER_SPEC,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -329,6 +344,8 @@ PRESETS: dict[str, Preset] = {
             LNN,
             NVAR_SPEC,
             ESN_SPEC,
+            GRU_SPEC,
+            TRANSFORMER_SPEC,
         ),
         seeds=(0, 1, 2),
         n_train=(1, 4, 16, 128),
