@@ -109,10 +109,23 @@ PARAMETRIC = ParametricSpec(preset_kwargs={"window": "window"})
 NVAR_SPEC = ModelSpec(models.NVAR, kwargs={"k": 2, "s": 1}, cost=0.2)
 ESN_SPEC = ModelSpec(models.ESN, kwargs={"units": 200}, cost=0.3)
 #: sparse identification (pysindy's STLSQ on polynomials to degree 3, threshold and derivative
-#: window chosen on `val`; seconds to fit). Without sin/cos: with them the chains are not
+#: window chosen on `val`; at n_train = 128 about 3 minutes, so it starts first). Without sin/cos: with them the chains are not
 #: identifiable at the sampled amplitudes (`sin q = q - q^3/6 + ...`; 1% noise then gives
 #: coefficients of 30-40 on the harmonic chain, see tests/test_sindy.py)
-SINDY_SPEC = ModelSpec(models.SINDy, kwargs={"degree": 3, "trig": False}, label="SINDy", cost=0.3)
+SINDY_SPEC = ModelSpec(models.SINDy, kwargs={"degree": 3, "trig": False}, label="SINDy", cost=4.0)
+#: the LSTM's sibling black boxes, trained by the same recipe (`rollout_recipe`) and stopping
+#: rule: a GRU of the preset's `hidden` units, and a causal Transformer whose window is the
+#: study's context (`W = C`; 2 pre-layer-norm blocks of 4 heads, d_model 32)
+GRU_SPEC = ModelSpec(
+    models.GRU, kwargs={"rollout": 200}, preset_kwargs={"hidden": "hidden"}, label="GRU", cost=1.2
+)
+TRANSFORMER_SPEC = ModelSpec(
+    models.Transformer,
+    kwargs={"rollout": 200, "d_model": 32, "heads": 4, "layers": 2},
+    preset_kwargs={"context": "context"},
+    label="Transformer",
+    cost=3.0,
+)
 
 
 # --------------------------------------------------------------------------- presets
@@ -260,6 +273,8 @@ ALL_MODELS = (
     NVAR_SPEC,
     ESN_SPEC,
     SINDY_SPEC,
+    GRU_SPEC,
+    TRANSFORMER_SPEC,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -337,6 +352,8 @@ PRESETS: dict[str, Preset] = {
             NVAR_SPEC,
             ESN_SPEC,
             SINDY_SPEC,
+            GRU_SPEC,
+            TRANSFORMER_SPEC,
         ),
         seeds=(0, 1, 2),
         n_train=(1, 4, 16, 128),

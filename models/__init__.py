@@ -2,8 +2,10 @@
 constraint-imposing networks, one training loop for all, and tools to look inside."""
 
 from . import attribution as attribution, probes as probes
+from ._autoregressive import AutoregressiveModel as AutoregressiveModel
 from ._base import AbstractModel as AbstractModel, ODEModel as ODEModel
 from ._common import MLP as MLP, integrate as integrate, own_transform as own_transform
+from .gru import GRU as GRU
 from .hnn import (
     HNN as HNN,
     CanonicalODEModel as CanonicalODEModel,
@@ -39,3 +41,4 @@ from .train import (
     fit as fit,
     fit_ensemble as fit_ensemble,
 )
+from .transformer import Transformer as Transformer

@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
-from ._base import AbstractModel
+from ._autoregressive import AutoregressiveModel
 from ._common import check_state_dim, lift
 from ._lstm_kernel import cell_update, gates, lstm_layer as _fast_lstm_layer
 
@@ -38,7 +38,7 @@ def _lstm_layer(w_x, w_h, b, xs, h0, c0):
     return hs, (h, c)
 
 
-class LSTM(AbstractModel):
+class LSTM(AutoregressiveModel):
     r"""Autoregressive LSTM over normalised states `z = (y - m) / s`.
 
     `layers` stacked LSTM layers of `hidden` units (gate order i, f, g, o;
@@ -60,7 +60,9 @@ class LSTM(AbstractModel):
     training trajectories: teacher forcing (next-step mean squared error over
     the window) plus rollout fine-tuning (after a teacher-forced warm-up of
     `warmup` steps, `rollout` free-running steps are compared with the data).
-    Both terms are in normalised units and weighted equally.
+    Both terms are in normalised units and weighted equally. (The forecast, the free
+    run and the objective are `AutoregressiveModel`'s, shared with `models.GRU` and
+    `models.Transformer`.)
     """
 
     min_context = 1
@@ -110,16 +112,6 @@ class LSTM(AbstractModel):
         z = jnp.zeros((*batch_shape, self.hidden), self.w_out[...].dtype)
         return [(z, z) for _ in range(self.layers)]
 
-    def normalise(self, y: Float[Array, "*B d"]) -> Float[Array, "*B d"]:
-        """`z = (y - m) / s` with the training statistics `m = mean`, `s = std`, cast to the
-        parameters' dtype (so float64 inputs meet float32 weights cleanly)."""
-        m, s = lift(self.mean[...], y.ndim), lift(self.std[...], y.ndim)
-        return ((y - m) / s).astype(self.w_out[...].dtype)
-
-    def denormalise(self, z: Float[Array, "*B d"]) -> Float[Array, "*B d"]:
-        """`y = z s + m`, the inverse of `normalise` (physical units)."""
-        return z * lift(self.std[...], z.ndim) + lift(self.mean[...], z.ndim)
-
     def run(self, zs: Float[Array, "*B T d"], state: list[tuple[Array, Array]]):
         """Reads normalised inputs `zs (T, d)` (teacher forcing) from `state`.
 
@@ -144,16 +136,6 @@ class LSTM(AbstractModel):
             x, out = jnp.swapaxes(x, 0, 1), jnp.swapaxes(out, 0, 1)
         return x, zs + out, new_state
 
-    def __call__(self, xs: Float[Array, "*B T d"]) -> Float[Array, "*B T d"]:
-        _, pred, _ = self.run(self.normalise(xs), self.init_state(xs.shape[:-2]))
-        return self.denormalise(pred)
-
-    def hidden_states(self, xs: Float[Array, "*B T d"]) -> Float[Array, "*B T hidden"]:
-        """Top-layer hidden states `h_t` while reading `xs` (teacher-forced); `xs (T, d)`
-        or a batch `(B, T, d)`."""
-        hs, _, _ = self.run(self.normalise(xs), self.init_state(xs.shape[:-2]))
-        return hs
-
     def cell(self, z: Float[Array, "*B d"], state: list[tuple[Array, Array]]):
         """One step of the whole stack on one normalised input `z (d,)` (or a batch `(B, d)`
         with a batched state): returns the top hidden state `h^L_t`, the prediction
@@ -170,37 +152,6 @@ class LSTM(AbstractModel):
         out = x @ self.w_out[...]
         return x, z + out + lift(self.b_out[...], out.ndim), new_state
 
-    def free_run(
-        self, z_last: Float[Array, "*B d"], state: list[tuple[Array, Array]], n_steps: int
-    ):
-        """Free-running: feeds each prediction back as the next input, `z_{k+1} = zhat(z_k)`,
-        for `n_steps` steps from `z_0 = z_last` (the last teacher-forced prediction) and
-        `state`. Returns the inputs read, `(z_0, ..., z_{n-1})` `(n_steps, *B, d)`, which are
-        the forecast in normalised units, and the top hidden state after each read
-        `(n_steps, *B, hidden)`."""
-
-        def step(carry, _):
-            z, st = carry
-            h, pred, st = self.cell(z, st)
-            return (pred, st), (z, h)
-
-        (_, _), (zs, hs) = jax.lax.scan(step, (z_last, state), None, length=n_steps)
-        return zs, hs
-
-    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
-        context = self._check_forecast(context, n_steps)
-        _, pred, state = self.run(self.normalise(context), self.init_state())
-        zs, _ = self.free_run(pred[-1], state, int(n_steps))
-        return self.denormalise(zs)
-
-    def forecast_hidden(self, context, n_steps: int):
-        """Like `forecast`, but also returns the top-layer hidden states `(n_steps, hidden)`
-        produced while reading each forecast step back in."""
-        context = self._check_forecast(context, n_steps)
-        _, pred, state = self.run(self.normalise(context), self.init_state())
-        zs, hs = self.free_run(pred[-1], state, int(n_steps))
-        return self.denormalise(zs), hs
-
     def lrp_params(self) -> dict:
         """The parameters in the layout of `models.attribution.lstm_lrp` (normalised units;
         the readout explains the residual `z_{t+1} - z_t`)."""
@@ -212,30 +163,3 @@ class LSTM(AbstractModel):
             "w_out": self.w_out[...],
             "b_out": self.b_out[...],
         }
-
-    # ------------------------------------------------------------ training
-    def window_length(self, n_train_steps: int) -> int:
-        return min(n_train_steps, self.warmup + self.rollout + 1)
-
-    def recipe(self, n_train_steps: int, *, budget: int, **recipe_kwargs):
-        """`models.recipes.rollout_recipe`: its own objective on windows of growing length
-        (the free rollout grows with the window, up to `rollout` steps)."""
-        from .recipes import rollout_recipe
-
-        return rollout_recipe(n_train_steps, budget=budget, **recipe_kwargs)
-
-    def loss(self, windows: Float[Array, "B W d"]) -> Float[Array, ""]:
-        # per window: teacher-forced MSE + rollout MSE; the batch runs as one (B, T, d) pass
-        zs = self.normalise(windows)
-        batch = zs.shape[:1]
-        _, pred, _ = self.run(zs[:, :-1], self.init_state(batch))
-        tf = jnp.mean((pred - zs[:, 1:]) ** 2, axis=(1, 2))
-        w = min(self.warmup, zs.shape[1] - 2)
-        r = min(self.rollout, zs.shape[1] - 1 - w)
-        if r < 1:
-            return jnp.mean(tf)
-        _, pw, st = self.run(zs[:, :w], self.init_state(batch))
-        free, _ = self.free_run(pw[:, -1], st, r)  # (r, B, d)
-        return jnp.mean(
-            tf + jnp.mean((jnp.swapaxes(free, 0, 1) - zs[:, w : w + r]) ** 2, axis=(1, 2))
-        )
