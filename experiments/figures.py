@@ -27,8 +27,6 @@ from .runs import Output  # noqa: E402
 _COLORS = {
     "truth": "black",
     "LSTM": "tab:red",
-    "GRU": "tab:pink",
-    "Transformer": "tab:gray",
     "NeuralODE": "tab:orange",
     "SecondOrderNODE": "tab:brown",
     "HNN": "tab:blue",
