@@ -437,6 +437,7 @@ def test_every_pair_of_the_full_preset_runs_end_to_end_from_the_command_line(tmp
     attribution, probes and figures come out (steps that cannot run at these sizes are
     recorded with their reason)."""
     out = tmp_path / "full"
+    # 16 training states: the fewest with which every model applies (the ESN's washout is 10)
     flags = [
         "--steps",
         "2",
@@ -451,9 +452,9 @@ def test_every_pair_of_the_full_preset_runs_end_to_end_from_the_command_line(tmp
         "--n-test",
         "2",
         "--t-train",
-        "1",
+        "1.5",
         "--t-end",
-        "2",
+        "3",
         "--dt",
         "0.1",
         "--context",
