@@ -100,6 +100,43 @@ TIGHT = dict(solver="dopri8", rtol=1e-12, atol=1e-12)
 BATCH, N_TIMES = 6, 101
 
 
+#: a point on Lorenz63's attractor (after a long transient from (1, 1, 1))
+LORENZ_Y0 = (17.67715816276679, 12.931379185960404, 43.91404334248268)
+
+
+class Lorenz63(dynamics.AbstractSystem):
+    """`x' = sigma (y - x)`, `y' = x (rho - z) - y`, `z' = x y - beta z`: a user's own
+    first-order system (not an oscillator chain), chaotic at the classic parameters."""
+
+    sigma: float = 10.0
+    rho: float = 28.0
+    beta: float = 8.0 / 3.0
+
+    second_order = False
+    has_energy = False
+
+    @property
+    def n_oscillators(self) -> int:
+        return 3
+
+    @property
+    def state_dim(self) -> int:
+        return 3
+
+    def vector_field(self, t, y):
+        x, v, z = y[0], y[1], y[2]
+        return jnp.stack(
+            [self.sigma * (v - x), x * (self.rho - z) - v, x * v - self.beta * z], axis=-1
+        )
+
+    def coupling_graph(self):
+        return jnp.ones((3, 3)) - jnp.eye(3)
+
+    def sample_initial_states(self, key, n, *, scale=1.0):
+        y0 = jnp.asarray(LORENZ_Y0)
+        return y0[None, :] + scale * jax.random.normal(key, (n, 3))
+
+
 def solve(system, y0, t_end, **kwargs):
     """`simulate` at `TIGHT` tolerances on `N_TIMES` equally spaced times in `[0, t_end]`."""
     ts = jnp.linspace(0.0, t_end, N_TIMES)

@@ -3,36 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import Lorenz63
 
 import dynamics as d
-
-
-class Lorenz63(d.AbstractSystem):
-    """A user's own system: `x' = sigma (y - x)`, `y' = x (rho - z) - y`, `z' = x y - beta z`."""
-
-    sigma: float = 10.0
-    rho: float = 28.0
-    beta: float = 8.0 / 3.0
-
-    has_energy = False
-
-    @property
-    def n_oscillators(self) -> int:
-        return 1
-
-    @property
-    def state_dim(self) -> int:
-        return 3
-
-    def vector_field(self, t, y):
-        x, yy, z = y[0], y[1], y[2]
-        return jnp.stack([self.sigma * (yy - x), x * (self.rho - z) - yy, x * yy - self.beta * z])
-
-    def coupling_graph(self):
-        return jnp.zeros((1, 1))
-
-    def sample_initial_states(self, key, n, *, scale=1.0):
-        return jnp.ones((n, 3)) * scale
 
 
 class _Decay(d.AbstractSystem):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import LORENZ_Y0, Lorenz63
 
 import dynamics
 import models
@@ -14,40 +15,6 @@ from experiments import presets, training
 
 #: Lorenz63's largest Lyapunov exponent (Gauthier et al. 2021 use 0.9056)
 _LAMBDA_MAX = 0.906
-_LORENZ_Y0 = (17.67715816276679, 12.931379185960404, 43.91404334248268)
-
-
-class Lorenz63(dynamics.AbstractSystem):
-    """`x' = sigma (y - x)`, `y' = x (rho - z) - y`, `z' = x y - beta z`: a user's own
-    first-order system (not an oscillator chain)."""
-
-    sigma: float = 10.0
-    rho: float = 28.0
-    beta: float = 8.0 / 3.0
-
-    second_order = False
-    has_energy = False
-
-    @property
-    def n_oscillators(self) -> int:
-        return 3
-
-    @property
-    def state_dim(self) -> int:
-        return 3
-
-    def vector_field(self, t, y):
-        x, v, z = y[0], y[1], y[2]
-        return jnp.stack(
-            [self.sigma * (v - x), x * (self.rho - z) - v, x * v - self.beta * z], axis=-1
-        )
-
-    def coupling_graph(self):
-        return jnp.ones((3, 3)) - jnp.eye(3)
-
-    def sample_initial_states(self, key, n, *, scale=1.0):
-        y0 = jnp.asarray(_LORENZ_Y0)
-        return y0[None, :] + scale * jax.random.normal(key, (n, 3))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +22,7 @@ def lorenz():
     dt, warm, n_train, n_test = 0.025, 200, 400, 800
     ts = jnp.asarray(dt * np.arange(warm + n_train + n_test))
     ys = np.asarray(
-        dynamics.simulate(Lorenz63(), jnp.asarray(_LORENZ_Y0), ts, rtol=1e-10, atol=1e-10)
+        dynamics.simulate(Lorenz63(), jnp.asarray(LORENZ_Y0), ts, rtol=1e-10, atol=1e-10)
     )
     return dt, ys[warm : warm + n_train], ys[warm + n_train :]
 
