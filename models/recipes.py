@@ -338,13 +338,95 @@ def rollout_recipe(
     return Recipe(stages=tuple(stages), **recipe_kwargs)
 
 
+class _ClosedFormRecipe(Recipe):
+    """What the closed-form recipes share: no optimisation and one stage. `fit` checks the
+    data, calls `model.prepare(dataset)`, then sets the model to each candidate of
+    `_candidates` in turn and scores its validation rollout (each `val` trajectory forecast
+    from its first `context` states to its end, squared errors over each coordinate's
+    variance over `val`: `val_rollout_nmse`, the criterion of every other recipe; without
+    `val`, `train` stands in). Candidates whose rollout is not finite are skipped; the best is
+    restored, and if none is finite `TrainingDiverged` is raised. The result has
+    `steps_run=1` (a solve) and `converged=True` (a closed-form solution is the optimum of its
+    objective)."""
+
+    def pilot(self, fraction: float) -> Recipe:
+        """The whole recipe: a closed-form fit has nothing cheaper to compare."""
+        del fraction
+        return self
+
+    def _check(self, dataset) -> None:
+        """Refuses data the recipe cannot use, before any work (subclasses add their own)."""
+
+    def _candidates(self, model, dataset):
+        """Sets `model` to each candidate in turn, yielding `(row, restore, label)`: the
+        candidate's settings for the history, a callable that sets the model to it again, and
+        its name for `best_stage`."""
+        raise NotImplementedError
+
+    def fit(
+        self,
+        model: nnx.Module,
+        dataset,
+        *,
+        key=None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        precision: str = "float32",
+    ) -> tuple[nnx.Module, RecipeResult]:
+        del key, checkpoint_dir, progress, precision
+        name = type(self).__name__
+        if not (np.all(np.isfinite(dataset.train)) and np.all(np.isfinite(dataset.val))):
+            raise ValueError(f"{name}: the train or val trajectories contain NaN or inf")
+        val = np.asarray(dataset.val if np.shape(dataset.val)[0] > 0 else dataset.train)
+        if not 1 <= self.context < val.shape[1]:
+            raise ValueError(
+                f"{name}: context={self.context} leaves nothing to forecast in "
+                f"validation trajectories of {val.shape[1]} states"
+            )
+        self._check(dataset)
+        stage = self.stages[0].name
+        start = time.perf_counter()
+        with _CompileTimer() as timer:
+            model.prepare(dataset)
+            graphdef = nnx.graphdef(model)
+            context = self.context
+
+            @jax.jit
+            def score(state, val, inv_var):
+                return _rollout_nmse(nnx.merge(graphdef, state), val, inv_var, context)
+
+            val_j, inv_var = jnp.asarray(val), jnp.asarray(_inverse_variance(val))
+            history, chosen, best = [], [], None
+            for row, restore, label in self._candidates(model, dataset):
+                v = float(score(nnx.state(model), val_j, inv_var))
+                v = v if math.isfinite(v) else float("inf")
+                history.append({"stage": stage, **row, "val_rollout_nmse": v})
+                chosen.append((restore, label))
+                if v < float("inf") and (best is None or v < history[best]["val_rollout_nmse"]):
+                    best = len(history) - 1
+            if best is None:
+                raise TrainingDiverged(1, float("nan"), model)
+            restore, label = chosen[best]
+            restore()
+        seconds = time.perf_counter() - start
+        return model, RecipeResult(
+            val_rollout_nmse=history[best]["val_rollout_nmse"],
+            steps_run=1,
+            converged=True,
+            train_seconds=max(0.0, seconds - timer.seconds),
+            compile_seconds=timer.seconds,
+            best_stage=label,
+            history=history,
+        )
+
+
 #: the default grid of ridge strengths `lambda` of `RidgeRecipe`: every decade from 1e-10 to
 #: 1e3 (on standardised features with unnormalised sums; see `models.reservoir`)
 DEFAULT_RIDGES: tuple[float, ...] = tuple(float(x) for x in np.logspace(-10, 3, 14))
 
 
 @dataclasses.dataclass(frozen=True)
-class RidgeRecipe(Recipe):
+class RidgeRecipe(_ClosedFormRecipe):
     """The closed-form recipe of the readout models (`models.NVAR`, `models.ESN`): no
     optimisation, one stage.
 
@@ -369,66 +451,18 @@ class RidgeRecipe(Recipe):
         if not self.ridges or any(not (math.isfinite(r) and r >= 0) for r in self.ridges):
             raise ValueError(f"RidgeRecipe: ridges must be finite values >= 0, got {self.ridges}")
 
-    def pilot(self, fraction: float) -> Recipe:
-        """The whole recipe: a closed-form fit has nothing cheaper to compare."""
-        del fraction
-        return self
-
     def describe(self) -> dict[str, Any]:
         return {"kind": "ridge", "context": self.context, "ridges": list(self.ridges)}
 
-    def fit(
-        self,
-        model: nnx.Module,
-        dataset,
-        *,
-        key=None,
-        checkpoint_dir: str | os.PathLike | None = None,
-        progress: bool = False,
-        precision: str = "float32",
-    ) -> tuple[nnx.Module, RecipeResult]:
-        del key, checkpoint_dir, progress, precision
-        if not (np.all(np.isfinite(dataset.train)) and np.all(np.isfinite(dataset.val))):
-            raise ValueError("RidgeRecipe: the train or val trajectories contain NaN or inf")
-        val = np.asarray(dataset.val if np.shape(dataset.val)[0] > 0 else dataset.train)
-        if not 1 <= self.context < val.shape[1]:
-            raise ValueError(
-                f"RidgeRecipe: context={self.context} leaves nothing to forecast in "
-                f"validation trajectories of {val.shape[1]} states"
-            )
-        start = time.perf_counter()
-        with _CompileTimer() as timer:
-            model.prepare(dataset)
-            ws, bs = model.readout_path(dataset.train, self.ridges)
-            graphdef = nnx.graphdef(model)
-            context = self.context
+    def _candidates(self, model, dataset):
+        ws, bs = model.readout_path(dataset.train, self.ridges)
+        for w, b, ridge in zip(ws, bs, self.ridges):
 
-            @jax.jit
-            def score(state, val, inv_var):
-                return _rollout_nmse(nnx.merge(graphdef, state), val, inv_var, context)
+            def restore(w=w, b=b):
+                model.set_readout(w, b)
 
-            val_j, inv_var = jnp.asarray(val), jnp.asarray(_inverse_variance(val))
-            history, best = [], None
-            for i, ridge in enumerate(self.ridges):
-                model.set_readout(ws[i], bs[i])
-                v = float(score(nnx.state(model), val_j, inv_var))
-                v = v if math.isfinite(v) else float("inf")
-                history.append({"stage": "ridge readout", "ridge": ridge, "val_rollout_nmse": v})
-                if v < float("inf") and (best is None or v < history[best]["val_rollout_nmse"]):
-                    best = i
-            if best is None:
-                raise TrainingDiverged(1, float("nan"), model)
-            model.set_readout(ws[best], bs[best])
-        seconds = time.perf_counter() - start
-        return model, RecipeResult(
-            val_rollout_nmse=history[best]["val_rollout_nmse"],
-            steps_run=1,
-            converged=True,
-            train_seconds=max(0.0, seconds - timer.seconds),
-            compile_seconds=timer.seconds,
-            best_stage=f"ridge {self.ridges[best]:.3g}",
-            history=history,
-        )
+            restore()
+            yield {"ridge": ridge}, restore, f"ridge {ridge:.3g}"
 
 
 #: the default grid of STLSQ thresholds of `SINDyRecipe` (absolute coefficient magnitudes in
@@ -440,7 +474,7 @@ DEFAULT_DERIVATIVE_WINDOWS: tuple[int, ...] = (5, 9, 15)
 
 
 @dataclasses.dataclass(frozen=True)
-class SINDyRecipe(Recipe):
+class SINDyRecipe(_ClosedFormRecipe):
     """The closed-form recipe of `models.SINDy`: no optimisation, one stage.
 
     `fit` calls `model.prepare(dataset)`, then, for every derivative window in `windows`
@@ -471,11 +505,6 @@ class SINDyRecipe(Recipe):
         ):
             raise ValueError(f"SINDyRecipe: windows must be odd integers >= 3, got {self.windows}")
 
-    def pilot(self, fraction: float) -> Recipe:
-        """The whole recipe: a closed-form fit has nothing cheaper to compare."""
-        del fraction
-        return self
-
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "sindy",
@@ -484,74 +513,25 @@ class SINDyRecipe(Recipe):
             "windows": list(self.windows),
         }
 
-    def fit(
-        self,
-        model: nnx.Module,
-        dataset,
-        *,
-        key=None,
-        checkpoint_dir: str | os.PathLike | None = None,
-        progress: bool = False,
-        precision: str = "float32",
-    ) -> tuple[nnx.Module, RecipeResult]:
-        del key, checkpoint_dir, progress, precision
-        if not (np.all(np.isfinite(dataset.train)) and np.all(np.isfinite(dataset.val))):
-            raise ValueError("SINDyRecipe: the train or val trajectories contain NaN or inf")
-        val = np.asarray(dataset.val if np.shape(dataset.val)[0] > 0 else dataset.train)
-        if not 1 <= self.context < val.shape[1]:
-            raise ValueError(
-                f"SINDyRecipe: context={self.context} leaves nothing to forecast in "
-                f"validation trajectories of {val.shape[1]} states"
-            )
-        n_states = np.shape(dataset.train)[1]
-        windows = [w for w in self.windows if w <= n_states]
-        if not windows:
-            raise ValueError(
-                f"SINDyRecipe: training trajectories of {n_states} states are shorter than "
-                f"every derivative window {self.windows}"
-            )
-        start = time.perf_counter()
-        with _CompileTimer() as timer:
-            model.prepare(dataset)
-            graphdef = nnx.graphdef(model)
-            context = self.context
+    def _windows(self, dataset) -> list[int]:
+        return [w for w in self.windows if w <= np.shape(dataset.train)[1]]
 
-            @jax.jit
-            def score(state, val, inv_var):
-                return _rollout_nmse(nnx.merge(graphdef, state), val, inv_var, context)
+    def _check(self, dataset) -> None:
+        if not self._windows(dataset):
+            raise ValueError(
+                f"SINDyRecipe: training trajectories of {np.shape(dataset.train)[1]} states are "
+                f"shorter than every derivative window {self.windows}"
+            )
 
-            val_j, inv_var = jnp.asarray(val), jnp.asarray(_inverse_variance(val))
-            history, candidates, best = [], [], None
-            for w in windows:
-                for thr in self.thresholds:
-                    model.identify(dataset.train, threshold=thr, window=w)
-                    xi = np.asarray(model.coefficients[...])
-                    v = float(score(nnx.state(model), val_j, inv_var))
-                    v = v if math.isfinite(v) else float("inf")
-                    history.append(
-                        {
-                            "stage": "sparse regression",
-                            "threshold": thr,
-                            "window": w,
-                            "n_terms": int(np.count_nonzero(xi)),
-                            "val_rollout_nmse": v,
-                        }
-                    )
-                    candidates.append((thr, w, xi))
-                    if v < float("inf") and (best is None or v < history[best]["val_rollout_nmse"]):
-                        best = len(history) - 1
-            if best is None:
-                raise TrainingDiverged(1, float("nan"), model)
-            thr, w, xi = candidates[best]
-            model.set_coefficients(xi)
-            model.threshold, model.derivative_window = thr, w
-        seconds = time.perf_counter() - start
-        return model, RecipeResult(
-            val_rollout_nmse=history[best]["val_rollout_nmse"],
-            steps_run=1,
-            converged=True,
-            train_seconds=max(0.0, seconds - timer.seconds),
-            compile_seconds=timer.seconds,
-            best_stage=f"threshold {thr:.3g}, window {w}",
-            history=history,
-        )
+    def _candidates(self, model, dataset):
+        for w in self._windows(dataset):
+            for thr in self.thresholds:
+                model.identify(dataset.train, threshold=thr, window=w)
+                xi = np.asarray(model.coefficients[...])
+
+                def restore(xi=xi, thr=thr, w=w):
+                    model.set_coefficients(xi)
+                    model.threshold, model.derivative_window = thr, w
+
+                row = {"threshold": thr, "window": w, "n_terms": int(np.count_nonzero(xi))}
+                yield row, restore, f"threshold {thr:.3g}, window {w}"
