@@ -278,6 +278,19 @@ ALL_MODELS = (
     TRANSFORMER_SPEC,
 )
 
+#: every system of the study (the double pendulum twice: near-regular and chaotic)
+ALL_SYSTEMS = (
+    PENDULUMS4,
+    HARMONIC4,
+    VANDERPOL4,
+    HUYGENS2,
+    KURAMOTO8,
+    DOUBLE_PENDULUM,
+    DOUBLE_PENDULUM_CHAOTIC,
+)
+#: the training settings of the CPU presets (quick and standard)
+_CPU_TRAINING = dict(steps=20000, width=128, lr_grid=(1e-3, 3e-3), pilot=0.1, eval_every=500)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -323,23 +336,11 @@ PRESETS: dict[str, Preset] = {
         ),
         seeds=(0,),
         n_train=(1, 128),
-        steps=20000,
-        width=128,
-        lr_grid=(1e-3, 3e-3),
-        pilot=0.1,
-        eval_every=500,
+        **_CPU_TRAINING,
     ),
     "standard": Preset(
         name="standard",
-        systems=(
-            PENDULUMS4,
-            HARMONIC4,
-            VANDERPOL4,
-            HUYGENS2,
-            KURAMOTO8,
-            DOUBLE_PENDULUM,
-            DOUBLE_PENDULUM_CHAOTIC,
-        ),
+        systems=ALL_SYSTEMS,
         models=(
             LSTM,
             NEURAL_ODE,
@@ -358,23 +359,11 @@ PRESETS: dict[str, Preset] = {
         ),
         seeds=(0, 1, 2),
         n_train=(1, 4, 16, 128),
-        steps=20000,
-        width=128,
-        lr_grid=(1e-3, 3e-3),
-        pilot=0.1,
-        eval_every=500,
+        **_CPU_TRAINING,
     ),
     "full": Preset(
         name="full",
-        systems=(
-            PENDULUMS4,
-            HARMONIC4,
-            VANDERPOL4,
-            HUYGENS2,
-            KURAMOTO8,
-            DOUBLE_PENDULUM,
-            DOUBLE_PENDULUM_CHAOTIC,
-        ),
+        systems=ALL_SYSTEMS,
         models=ALL_MODELS,
         seeds=(0, 1, 2, 3, 4),
         n_train=(256,),
