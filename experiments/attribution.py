@@ -19,7 +19,9 @@ saliency mass spreads over older lags (`older_lag_fraction`, `mean_lag`, on the
 saliency rows) says how far back a model looks. Coupling AUROC is NaN (n/a)
 where the true graph has no non-edges; the Spearman correlation is still
 reported. The structured model's learned coupling matrix is scored directly too.
-The LSTM's hidden states are probed (`models.probes`).
+The LSTM's hidden states are probed (`models.probes`); every model's linearisation at rest,
+and the DMD of the training data, are compared with the system's normal modes, and SINDy's
+identified equations with the true ones.
 Writes `attribution.csv`, `probes.csv`, the arrays behind the figures and the
 figures.
 """
@@ -314,30 +316,178 @@ def run(preset: Preset, output: Output, *, progress: bool = True, workers: int =
     return rows
 
 
+def _rest_jacobian(system) -> np.ndarray:
+    """The Jacobian of the system's vector field at the rest state `y = 0`, `(d, d)`."""
+    import jax
+    import jax.numpy as jnp
+
+    return np.asarray(
+        jax.jacfwd(lambda y: system.vector_field(0.0, y))(jnp.zeros(system.state_dim)), np.float64
+    )
+
+
 def _normal_mode_frequencies(system) -> np.ndarray:
     """The system's linear normal-mode frequencies: the positive imaginary parts of the
     eigenvalues of its vector field's Jacobian at the rest state `y = 0` (none for a system
     whose linearisation does not oscillate)."""
-    import jax
-    import jax.numpy as jnp
-
-    jac = np.asarray(jax.jacfwd(lambda y: system.vector_field(0.0, y))(jnp.zeros(system.state_dim)))
-    im = np.linalg.eigvals(jac).imag
+    im = np.linalg.eigvals(_rest_jacobian(system)).imag
     return np.sort(im[im > 1e-9])
 
 
+#: the contexts of the forecast-DMD spectrum (models without a vector field) start this far
+#: from rest, in units of the training data's per-coordinate standard deviation: small enough
+#: for the linear regime of the pendulums (a frequency shift of about 1e-3), large enough
+#: that a float32 LSTM's forecasts are not dominated by its own offset (on CoupledPendulums a
+#: trained LSTM's median error was 0.05, 0.02, 0.008 at amplitudes 0.02, 0.05, 0.2)
+SPECTRUM_AMPLITUDE = 0.2
+#: how many such contexts (random directions, a fixed seed)
+SPECTRUM_CONTEXTS = 8
+SPECTRUM_FAILURES = (ValueError, np.linalg.LinAlgError, NotImplementedError, FloatingPointError)
+
+
+def _small_amplitude_contexts(system, ds, n_context: int) -> np.ndarray:
+    """`SPECTRUM_CONTEXTS` contexts of `n_context` states about the rest state `y* = 0`: the
+    true linearised flow `y(t) = expm(J t) delta` (`J` the field's Jacobian at rest, exact to
+    `O(|delta|^2)` at these amplitudes, and free of any ODE solve) from random `delta` of size
+    `SPECTRUM_AMPLITUDE` training standard deviations per coordinate, `(N, C, d)`."""
+    import scipy.linalg
+
+    step = scipy.linalg.expm(_rest_jacobian(system) * ds.dt)
+    std = np.asarray(ds.train, np.float64).reshape(-1, ds.state_dim).std(0)
+    rng = np.random.default_rng(0)
+    x = (
+        SPECTRUM_AMPLITUDE
+        * np.where(std > 0, std, 1.0)
+        * rng.standard_normal((SPECTRUM_CONTEXTS, ds.state_dim))
+    )
+    states = [x]
+    for _ in range(n_context - 1):
+        states.append(states[-1] @ step.T)
+    return np.stack(states, axis=1)
+
+
+def _mode_row(quantity: str, split: str, cmp) -> dict:
+    """A probes.csv row of the median relative error of the matched normal-mode frequencies."""
+    err = np.asarray(cmp.relative_error)
+    row = {"quantity": quantity, "split": split, "control_r2": np.nan}
+    if not np.all(np.isfinite(err)):
+        return row | {"r2": np.nan, "reason": "no oscillatory eigenvalues"}
+    return row | {"r2": float(np.median(err))}
+
+
+def _spectrum_rows(model, ds, preset: Preset, arrays: dict) -> list[dict]:
+    """Linear spectra against the system's normal modes (none where its linearisation at rest
+    does not oscillate): `dmd_freq_rel_error` (split `observed`, the DMD of the run's training
+    trajectories with rank `state_dim`: the data's own linear fit, the baseline to beat) and
+    `linearisation_freq_rel_error` (split `rest_state`: the model linearised at `y* = 0`,
+    `models.probes.linearisation_spectrum`: its field's Jacobian for an ODE model, the DMD of
+    its forecasts from `_small_amplitude_contexts` otherwise), each the median over the true
+    modes of `|omega_matched - omega_k| / omega_k`. A step that fails gives a row with a
+    reason. The frequencies go to `arrays`."""
+    import models
+    from models import probes as P
+
+    system = ds.system
+    true_modes = _normal_mode_frequencies(system)
+    if not true_modes.size:
+        return []
+    arrays["true_modes"] = true_modes
+    rows = []
+    try:
+        spec = P.dmd(ds.train, dt=ds.dt, rank=ds.state_dim)
+        arrays["dmd_frequencies"] = spec.oscillatory
+        arrays["dmd_eigenvalues"] = spec.eigenvalues
+        rows.append(
+            _mode_row("dmd_freq_rel_error", "observed", P.match_normal_modes(spec, true_modes))
+        )
+    except SPECTRUM_FAILURES as e:
+        rows.append(_failed("dmd_freq_rel_error", "observed", e))
+    try:
+        rest = np.zeros(ds.state_dim)
+        if isinstance(model, models.ODEModel):
+            spec = P.linearisation_spectrum(model, rest)
+        else:
+            n_steps = max(ds.n_train_steps - preset.context, 2 * ds.state_dim)
+            contexts = _small_amplitude_contexts(system, ds, preset.context)
+            spec = P.linearisation_spectrum(
+                model, rest, contexts=contexts, n_steps=n_steps, rank=ds.state_dim
+            )
+        arrays["linearisation_frequencies"] = spec.oscillatory
+        arrays["linearisation_eigenvalues"] = spec.eigenvalues
+        arrays["linearisation_method"] = np.asarray(
+            "jacobian" if spec.dt is None else "forecast_dmd"
+        )
+        rows.append(
+            _mode_row(
+                "linearisation_freq_rel_error",
+                "rest_state",
+                P.match_normal_modes(spec, true_modes),
+            )
+        )
+    except SPECTRUM_FAILURES as e:
+        rows.append(_failed("linearisation_freq_rel_error", "rest_state", e))
+    return rows
+
+
+def _failed(quantity: str, split: str, e: Exception) -> dict:
+    return {
+        "quantity": quantity,
+        "split": split,
+        "r2": np.nan,
+        "control_r2": np.nan,
+        "reason": f"{type(e).__name__}: {e}",
+    }
+
+
+def _sindy_rows(model, system) -> list[dict]:
+    """The identified equations against the true ones (`models.score_coefficients`), split
+    `coefficients`: one row per score, or one row with the reason where the true equations are
+    not known in the model's library."""
+    import models
+
+    try:
+        score = models.score_coefficients(model, system)
+    except ValueError as e:
+        return [_failed("sindy_max_true_error", "coefficients", e)]
+    return [
+        {
+            "quantity": f"sindy_{name}",
+            "split": "coefficients",
+            "r2": float(getattr(score, name)),
+            "control_r2": np.nan,
+        }
+        for name in ("max_true_error", "n_missed", "n_spurious", "spurious_l1")
+    ]
+
+
 def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
-    """Probes, dissection, hidden-state PCA and fixed points of an LSTM (other models have no
-    hidden state: returns no rows). Stores the arrays behind the figures at `path`."""
+    """The probes.csv rows of one run; stores the arrays behind the figures at `path`.
+
+    Every model: its linear spectrum at rest and the DMD of its training data against the
+    system's normal modes (`_spectrum_rows`). SINDy: its identified equations against the true
+    ones (`_sindy_rows`). The LSTM: also probes, dissection, hidden-state PCA and fixed points
+    (`_lstm_rows`; not with fewer than two test trajectories, too few for grouped
+    cross-validation)."""
+    import models
+
+    arrays: dict = {}
+    rows = _spectrum_rows(model, ds, preset, arrays)
+    if isinstance(model, models.SINDy):
+        rows += _sindy_rows(model, ds.system)
+    if isinstance(model, models.LSTM) and ds.test.shape[0] >= 2:
+        rows += _lstm_rows(model, ds, preset, arrays)
+    np.savez(path, **arrays)
+    return rows
+
+
+def _lstm_rows(model, ds, preset: Preset, arrays: dict) -> list[dict]:
+    """Probes, dissection, hidden-state PCA and fixed points of an LSTM; arrays to `arrays`."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    import models
     from models import probes as P
 
-    if not isinstance(model, models.LSTM) or ds.test.shape[0] < 2:
-        return []  # no hidden state, or too few trajectories for grouped cross-validation
     system, C = ds.system, preset.context
     test = np.asarray(ds.test)
     n = min(8, test.shape[0])
@@ -397,7 +547,7 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
     dep = P.manifold_departure(h_in, h_out, n_components=k, key=0)
     dis = P.dissect(h_in, P.physical_concepts(system, y_in), quantile="matched")
     pca = P.pca_fit(h_in, n_components=2)
-    arrays = {
+    arrays |= {
         "pca_inside": P.pca_transform(pca, h_in),
         "pca_beyond": P.pca_transform(pca, h_out),
         "dissection_iou": np.asarray(dis.iou),
@@ -434,15 +584,7 @@ def probe_model(model, ds, preset: Preset, path: Path) -> list[dict]:
                 matched_frequencies=np.asarray(cmp.model_freqs),
                 mode_relative_error=np.asarray(cmp.relative_error),
             )
-            rows.append(
-                {
-                    "quantity": "normal_mode_freq_rel_error",
-                    "split": "fixed_point",
-                    "r2": float(np.median(np.asarray(cmp.relative_error))),
-                    "control_r2": np.nan,
-                }
-            )
-    np.savez(path, **arrays)
+            rows.append(_mode_row("normal_mode_freq_rel_error", "fixed_point", cmp))
     return rows
 
 

@@ -183,6 +183,114 @@ def dissection_and_pca(out: Output, path: Path):
     return path
 
 
+def _fmt(e: float) -> str:
+    return f"{e:.2g}" if np.isfinite(e) else "n/a"
+
+
+def spectra(out: Output, fig_dir: Path) -> list[Path]:
+    """`spectra_<system>.png`: the system's true normal-mode frequencies (vertical lines), the
+    DMD of each n_train's training data, and each model's linearisation at rest (its field's
+    Jacobian; for a model without a field, the DMD of its forecasts from small amplitudes), one
+    row each, with the median relative error of the matched frequencies in the label."""
+    by_system: dict[str, list] = {}
+    for rec, _, p in _records(out):
+        if "true_modes" in p and ("linearisation_frequencies" in p or "dmd_frequencies" in p):
+            by_system.setdefault(rec["system"], []).append((rec, p))
+    made = []
+    for system, recs in sorted(by_system.items()):
+        recs.sort(key=lambda rp: (int(rp[0]["n_train"]), rp[0]["model"]))
+        true = np.asarray(recs[0][1]["true_modes"], float)
+        errs = {
+            (rec["model"], int(rec["n_train"]), r["quantity"]): float(r["r2"])
+            for rec, _ in recs
+            for r in rec.get("probes", [])
+            if r.get("quantity") in ("linearisation_freq_rel_error", "dmd_freq_rel_error")
+            and r.get("r2") not in (None, "")
+        }
+        rows = []  # (label, frequencies, style)
+        for n_train in dict.fromkeys(int(rec["n_train"]) for rec, _ in recs):
+            dmd = next((p for rec, p in recs if int(rec["n_train"]) == n_train), {})
+            if "dmd_frequencies" in dmd:
+                model = next(r["model"] for r, _ in recs if int(r["n_train"]) == n_train)
+                e = errs.get((model, n_train, "dmd_freq_rel_error"), np.nan)
+                rows.append(
+                    (
+                        f"DMD of the data (n_train={n_train}), err {_fmt(e)}",
+                        dmd["dmd_frequencies"],
+                        "data",
+                    )
+                )
+        for rec, p in recs:
+            if "linearisation_frequencies" not in p:
+                continue
+            how = str(p.get("linearisation_method", "jacobian"))
+            e = errs.get(
+                (rec["model"], int(rec["n_train"]), "linearisation_freq_rel_error"), np.nan
+            )
+            rows.append(
+                (
+                    f"{rec['model']} (n_train={rec['n_train']}, "
+                    f"{'Jacobian' if how == 'jacobian' else 'forecast DMD'}), err {_fmt(e)}",
+                    p["linearisation_frequencies"],
+                    "model",
+                )
+            )
+        if not rows:
+            continue
+        hi = 1.6 * float(true.max())
+        fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.6))
+        for k, w in enumerate(true):
+            ax.axvline(
+                w, color="0.35", ls="--", lw=1, label="true normal modes" if k == 0 else None
+            )
+        for i, (label, freqs, kind) in enumerate(rows):
+            f = np.asarray(freqs, float)
+            inside = f[f <= hi]
+            ax.scatter(
+                inside,
+                np.full(inside.shape, i),
+                marker="s" if kind == "data" else "o",
+                s=36,
+                color="black" if kind == "data" else f"C{i % 10}",
+                zorder=3,
+            )
+            if (f > hi).any():
+                ax.annotate(
+                    f"+{int((f > hi).sum())} →",
+                    (hi, i),
+                    xytext=(-4, 0),
+                    textcoords="offset points",
+                    ha="right",
+                    va="center",
+                    fontsize=7,
+                )
+            if f.size == 0:
+                ax.annotate(
+                    "no oscillatory eigenvalues",
+                    (0.02 * hi, i),
+                    va="center",
+                    fontsize=7,
+                    color="0.4",
+                )
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_xlim(0, hi)
+        ax.set_xlabel("angular frequency ω (rad per unit time)")
+        ax.set_title(
+            f"{system}: linear spectra at rest against the true normal modes\n"
+            "(err: median relative error of the matched frequencies)",
+            fontsize=9,
+        )
+        ax.legend(fontsize=8, frameon=False, loc="upper right")
+        ax.grid(axis="x", color="0.9")
+        fig.tight_layout()
+        path = fig_dir / f"spectra_{system}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
 def draw_all(out: Output) -> list[Path]:
     fig_dir = out.figures
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -192,5 +300,6 @@ def draw_all(out: Output) -> list[Path]:
         auroc_by_horizon(out, fig_dir / "auroc_by_horizon.png"),
         probes(out, fig_dir / "probes.png"),
         dissection_and_pca(out, fig_dir / "dissection_pca.png"),
+        *spectra(out, fig_dir),
     ]
     return [p for p in made if p is not None]

@@ -114,6 +114,12 @@ class ODEModel(AbstractModel):
     def field(self, y: Float[Array, " d"]) -> Float[Array, " d"]:
         raise NotImplementedError
 
+    def to_model(self, y: Float[Array, "*batch d"]) -> Float[Array, "*batch d"]:
+        """The observed state `y` in the coordinates `field` works in (the identity here; a
+        model that integrates in other coordinates, canonical or latent, overrides it). The
+        rest state of the field is `to_model(y_rest)` (`models.probes.linearisation_spectrum`)."""
+        return y
+
     def window_length(self, n_train_steps: int) -> int:
         return 3 if self.objective == "derivative" else min(n_train_steps, self.window)
 

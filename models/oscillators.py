@@ -201,6 +201,10 @@ class OscillatorModel(ODEModel):
         pinv = jnp.linalg.pinv(self.readout[...])
         return jnp.concatenate([pinv @ y[: self.n], pinv @ y[self.n :]])
 
+    def to_model(self, y):
+        """The latent state of an observed one (`encode`): the coordinates of `field`."""
+        return self.encode(y)
+
     def decode(self, x):
         if self.readout is None:
             return x

@@ -411,11 +411,26 @@ def test_whole_study_writes_attribution_and_probes_under_out(tmp_path):
         probes = list(csv.DictReader(f))
     assert {"model", "quantity", "r2", "control_r2"} <= set(probes[0])
     assert any(r["quantity"] == "energy" for r in probes)
+    # linear spectra against the normal modes: every model linearised at rest, and the DMD of
+    # the data; the structured model (least-squares identified, then trained) within 5%
+    spectra = {
+        (r["model"], r["quantity"]): r
+        for r in probes
+        if r["quantity"] in ("linearisation_freq_rel_error", "dmd_freq_rel_error")
+    }
+    for model in ("OscillatorModel(k=3)", "LSTM"):
+        lin = spectra[(model, "linearisation_freq_rel_error")]
+        assert lin["split"] == "rest_state"
+        assert np.isfinite(float(lin["r2"])) or lin["reason"]
+        dmd = spectra[(model, "dmd_freq_rel_error")]
+        assert dmd["split"] == "observed" and 0 <= float(dmd["r2"]) < 0.2
+    assert float(spectra[("OscillatorModel(k=3)", "linearisation_freq_rel_error")]["r2"]) < 0.05
     for name in (
         "motivating_CoupledPendulums.png",
         "coupling_recovery.png",
         "probes.png",
         "interp_vs_extrap.png",
+        "spectra_CoupledPendulums.png",
     ):
         assert (figs / name).stat().st_size > 1000
     # figures are redrawn from stored results alone, where --figures says

@@ -22,6 +22,11 @@ Fixed points
     free-running LSTM and the eigenvalues of its linearisation),
     `eigen_frequencies` and `compare_to_normal_modes` (against the system's
     true normal-mode frequencies).
+Linear spectra
+    `dmd` (exact dynamic mode decomposition of trajectories), `linearisation_spectrum`
+    (the Jacobian of an ODE model's field at a rest state; for any other model,
+    `forecast_spectrum`: the DMD of its own forecasts from small-amplitude contexts) and
+    `match_normal_modes`, each a `Spectrum`.
 
 Everything here is analysis on stored arrays: plain NumPy (float64) except
 where a model is evaluated (the fixed-point search, which jits and
@@ -54,6 +59,13 @@ from ._ridge import (
     random_features_control as random_features_control,
     ridge_probe as ridge_probe,
 )
+from ._spectra import (
+    Spectrum as Spectrum,
+    dmd as dmd,
+    forecast_spectrum as forecast_spectrum,
+    linearisation_spectrum as linearisation_spectrum,
+    match_normal_modes as match_normal_modes,
+)
 from ._targets import physical_concepts as physical_concepts, physical_targets as physical_targets
 
 __all__ = [
@@ -66,12 +78,17 @@ __all__ = [
     "ModeComparison",
     "PCA",
     "ProbeResult",
+    "Spectrum",
     "compare_to_normal_modes",
     "dissect",
+    "dmd",
     "eigen_frequencies",
+    "forecast_spectrum",
+    "linearisation_spectrum",
     "lstm_autonomous_map",
     "lstm_fixed_points",
     "manifold_departure",
+    "match_normal_modes",
     "pca_fit",
     "pca_transform",
     "physical_concepts",

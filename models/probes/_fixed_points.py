@@ -361,19 +361,31 @@ def compare_to_normal_modes(
     """
     dt = _check_dt(dt)
     lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
+    w = check_true_freqs(true_freqs)
+    if not np.all(np.isfinite(lam)):
+        raise ValueError("eigenvalues contain NaN or infinite values")
+    scale = np.maximum(np.abs(lam), 1.0)
+    cand = lam[(lam.imag > 1e-12 * scale) & (np.abs(lam) >= float(min_modulus))]
+    return match_frequencies(cand, *eigen_frequencies(cand, dt), w)
+
+
+def check_true_freqs(true_freqs) -> np.ndarray:
+    """`true_freqs` as a non-empty, finite, positive float64 vector (`ValueError` otherwise)."""
     w = np.asarray(true_freqs, dtype=np.float64)
     if w.ndim != 1 or w.size < 1:
         raise ValueError(f"true_freqs must be a non-empty vector, got shape {w.shape}")
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise ValueError("true_freqs must be finite and > 0")
-    if not np.all(np.isfinite(lam)):
-        raise ValueError("eigenvalues contain NaN or infinite values")
-    scale = np.maximum(np.abs(lam), 1.0)
-    cand = lam[(lam.imag > 1e-12 * scale) & (np.abs(lam) >= float(min_modulus))]
+    return w
+
+
+def match_frequencies(cand, omega, decay, w) -> ModeComparison:
+    """The matching itself, in any time convention: each true `w_k` to the candidate (complex
+    eigenvalue `cand`, angular frequency `omega`, decay rate `decay`, all `(m,)`) of nearest
+    `omega` (NaN everywhere when `m = 0`)."""
     if cand.size == 0:
         nan = np.full(w.shape, np.nan)
         return ModeComparison(w, nan, nan.copy(), np.full(w.shape, np.nan + 0j), nan.copy())
-    omega, decay = eigen_frequencies(cand, dt)
     j = np.argmin(np.abs(omega[None, :] - w[:, None]), axis=1)
     return ModeComparison(
         true_freqs=w,
