@@ -233,6 +233,12 @@ def attribute_model(model, ds, preset: Preset):
     return rows, maps
 
 
+#: the version of what an attribution record holds: part of its hash, so that records written
+#: before a change to the attributions or probes are recomputed (from the trained model, which
+#: is reused). 2: linear spectra and SINDy coefficient rows for every model.
+RECORD_VERSION = 2
+
+
 def attribute_run(spec, mspec, preset: Preset, seed: int, n_train: int, output: Output, row: dict):
     """The attribution record of one finished run (`attribution.json` in its directory): reused
     when its hash matches, computed otherwise; None for a run that is not `ok` or not of the
@@ -247,7 +253,7 @@ def attribute_run(spec, mspec, preset: Preset, seed: int, n_train: int, output: 
         spec, mspec, preset, seed=seed, n_train=n_train, output=output
     )
     attr_settings = {f: getattr(preset, f) for f in (*Preset.ATTRIBUTION_FIELDS, "context")}
-    h = config_hash({"run": key.config_hash, **attr_settings})
+    h = config_hash({"run": key.config_hash, "version": RECORD_VERSION, **attr_settings})
     done = output.run_file(key, "attribution.json")
     rec = json.loads(done.read_text()) if done.exists() else None
     if rec is not None and rec.get("config_hash") == h:
