@@ -169,13 +169,13 @@ def eigen_frequencies(
     r"""Angular frequencies `omega = |angle(lambda)| / dt` and decay rates `log|lambda| / dt`
     of the eigenvalues `lambda` of a map that advances time by `dt`
     (`lambda = exp((sigma +- i omega) dt)`; frequencies alias above `pi / dt`)."""
-    dt = _check_dt(dt)
+    dt = check_dt(dt)
     lam = np.asarray(eigenvalues, dtype=np.complex128)
     with np.errstate(divide="ignore"):
         return np.abs(np.angle(lam)) / dt, np.log(np.abs(lam)) / dt
 
 
-def _check_dt(dt) -> float:
+def check_dt(dt) -> float:
     try:
         v = float(dt)
     except (TypeError, ValueError) as e:
@@ -225,7 +225,7 @@ def lstm_fixed_points(
     _check_lstm(lstm)
     if getattr(lstm, "dt", None) is None:
         raise ValueError("lstm.dt is unset: fit the model (or set lstm.dt) first")
-    dt = _check_dt(lstm.dt)
+    dt = check_dt(lstm.dt)
     steps = check_int("steps", steps, minimum=1)
     dedupe_tol = float(dedupe_tol)
     amap, run, dtype = _autonomous_map(lstm)
@@ -359,7 +359,7 @@ def compare_to_normal_modes(
     frequency `pi / dt` cannot be represented by a map of step `dt`.
     For a linear system, `exp(A dt)` has exactly `exp(+- i omega_k dt)`.
     """
-    dt = _check_dt(dt)
+    dt = check_dt(dt)
     lam = np.asarray(eigenvalues, dtype=np.complex128).ravel()
     w = check_true_freqs(true_freqs)
     if not np.all(np.isfinite(lam)):

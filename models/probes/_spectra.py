@@ -18,7 +18,7 @@ from jaxtyping import ArrayLike, Float
 from .._base import ODEModel
 from ._fixed_points import (
     ModeComparison,
-    _check_dt,
+    check_dt,
     check_true_freqs,
     compare_to_normal_modes,
     eigen_frequencies,
@@ -112,7 +112,7 @@ def dmd(
 
     Returns a discrete-time `Spectrum` (`dt` set) with `modes` `(d, r)`.
     """
-    dt = _check_dt(dt)
+    dt = check_dt(dt)
     x = _as_trajectories("trajectories", trajectories)
     d = x.shape[2]
     X = x[:, :-1].reshape(-1, d).T
