@@ -246,27 +246,14 @@ def _write_arrays(path: Path, arrays: dict) -> None:
     tmp.replace(path)
 
 
-def run_one(
-    spec: SystemSpec,
-    mspec: ModelSpec,
-    preset: Preset,
-    *,
-    seed: int,
-    n_train: int,
-    output: Output,
-    progress: bool = False,
-    log=print,
-) -> dict:
-    """Trains and scores one run; returns its row (and stores its arrays and model)."""
-
-    import models
-
-    system = spec.build()
+def _start(spec, mspec, preset, system, *, seed, n_train, output, log):
+    """`(key, row, done)`: the run's key, its fresh row (config.json written; `n/a` recorded
+    where the model does not apply) and whether `row` is already final."""
     key, cfg = RunKey.of(spec, system, mspec, preset, seed=seed, n_train=n_train)
     done = output.stored_result(key, cfg, log=log)
     if done is not None:
-        return done
-    run_dir = output.run_dir(key)
+        return key, done, True
+    output.run_dir(key)
     write_json_atomic(
         output.run_file(key, "config.json"),
         {"config_hash": key.config_hash, "config": jsonable(cfg), "preset": preset.name},
@@ -285,6 +272,74 @@ def run_one(
     if reason is not None:
         row.update(status="n/a", reason=reason)
         write_json_atomic(output.run_file(key, "result.json"), row)
+        return key, row, True
+    return key, row, False
+
+
+def _failed(row: dict, e: Exception) -> None:
+    import models
+
+    if isinstance(e, models.TrainingDiverged):
+        row.update(status="failed", reason=str(e))
+    else:
+        row.update(status="failed", reason=f"{type(e).__name__}: {e}")
+        traceback.print_exception(e)
+
+
+def _finish(key, row, output: Output, preset: Preset, model=None, info=None, ds=None) -> dict:
+    """Scores a trained model into `row` and stores its files (or only the row of a failed
+    run, `model` None); writes `result.json` last and removes the checkpoints."""
+    if model is not None:
+        try:
+            res = info["result"]
+            row.update(
+                n_params=n_params(model),
+                choice=json.dumps(info["choice"], sort_keys=True),
+                val_rollout_nmse=res.val_rollout_nmse,
+                steps_run=res.steps_run,
+                converged=bool(res.converged),
+                train_seconds=res.train_seconds,
+                compile_seconds=res.compile_seconds,
+            )
+            scores, arrays = score(model, ds, preset)
+            row.update(scores)
+            write_json_atomic(
+                output.run_file(key, "history.json"),
+                {
+                    "choice": info["choice"],
+                    "pilots": info["pilots"],
+                    "recipe": info["recipe"],
+                    "best_stage": res.best_stage,
+                    "records": res.history,
+                },
+            )
+            save_model(model, output.run_file(key, "model.npz"))
+            _write_arrays(output.run_file(key, "arrays.npz"), arrays)
+        except (ValueError, FloatingPointError, RuntimeError) as e:
+            _failed(row, e)
+    write_json_atomic(output.run_file(key, "result.json"), row)
+    # finished: the result is the record
+    shutil.rmtree(output.run_dir(key) / "checkpoint", ignore_errors=True)
+    return row
+
+
+def run_one(
+    spec: SystemSpec,
+    mspec: ModelSpec,
+    preset: Preset,
+    *,
+    seed: int,
+    n_train: int,
+    output: Output,
+    progress: bool = False,
+    log=print,
+) -> dict:
+    """Trains and scores one run; returns its row (and stores its arrays and model)."""
+    system = spec.build()
+    key, row, done = _start(
+        spec, mspec, preset, system, seed=seed, n_train=n_train, output=output, log=log
+    )
+    if done:
         return row
     try:
         ds = load_or_make_dataset(
@@ -300,38 +355,113 @@ def run_one(
             checkpoint_dir=output.run_file(key, "checkpoint"),
             progress=progress,
         )
-        res = info["result"]
-        row.update(
-            n_params=n_params(model),
-            choice=json.dumps(info["choice"], sort_keys=True),
-            val_rollout_nmse=res.val_rollout_nmse,
-            steps_run=res.steps_run,
-            converged=bool(res.converged),
-            train_seconds=res.train_seconds,
-            compile_seconds=res.compile_seconds,
+    except (ValueError, FloatingPointError, RuntimeError) as e:  # TrainingDiverged included
+        _failed(row, e)
+        return _finish(key, row, output, preset)
+    return _finish(key, row, output, preset, model, info, ds)
+
+
+def ensembles_seeds(preset: Preset, mspec: ModelSpec) -> bool:
+    """Whether the study trains this model's seeds (at one system and n_train) as one ensemble:
+    `preset.ensemble_seeds` where set; by default on accelerators only (on a 2-core CPU a
+    three-member ensemble costs 2.2 to 3.3 times one fit, as much as three fits, which share
+    their compiled programs anyway). Closed-form models never (nothing to batch)."""
+    import jax
+
+    if getattr(mspec.cls, "closed_form", False) or len(preset.seeds) < 2:
+        return False
+    if preset.ensemble_seeds is not None:
+        return bool(preset.ensemble_seeds)
+    return jax.default_backend() != "cpu"
+
+
+def run_seeds(
+    spec: SystemSpec,
+    mspec: ModelSpec,
+    preset: Preset,
+    *,
+    seeds,
+    n_train: int,
+    output: Output,
+    progress: bool = False,
+    log=print,
+) -> list[dict]:
+    """The runs of `seeds` (one system, model and n_train) with the seeds still to train trained
+    as one ensemble (`experiments.training.train_models`); returns their rows, in the order of
+    `seeds`, as `run_one` would give them. An ensemble whose training diverges is retrained
+    seed by seed, so that only the diverging seed is recorded as failed."""
+    system = spec.build()
+    started = [
+        _start(spec, mspec, preset, system, seed=s, n_train=n_train, output=output, log=log)
+        for s in seeds
+    ]
+    todo = [j for j, (_, _, done) in enumerate(started) if not done]
+    if len(todo) < 2:
+        return [
+            row
+            if done
+            else run_one(
+                spec,
+                mspec,
+                preset,
+                seed=s,
+                n_train=n_train,
+                output=output,
+                progress=progress,
+                log=log,
+            )
+            for s, (_, row, done) in zip(seeds, started)
+        ]
+    import models
+
+    from .training import train_models
+
+    todo_seeds = [seeds[j] for j in todo]
+    group = output.run_dir(started[todo[0]][0]).parent / (
+        "ensemble_seed" + "-".join(str(s) for s in todo_seeds)
+    )
+    try:
+        datasets = [
+            load_or_make_dataset(
+                spec, preset, seed=s, n_train=n_train, output=output, system=system, log=log
+            )
+            for s in todo_seeds
+        ]
+        trained = train_models(
+            spec,
+            mspec,
+            system,
+            preset,
+            datasets,
+            seeds=todo_seeds,
+            checkpoint_dir=group / "checkpoint",
+            progress=progress,
         )
-        scores, arrays = score(model, ds, preset)
-        row.update(scores)
-        write_json_atomic(
-            output.run_file(key, "history.json"),
-            {
-                "choice": info["choice"],
-                "pilots": info["pilots"],
-                "recipe": info["recipe"],
-                "best_stage": res.best_stage,
-                "records": res.history,
-            },
-        )
-        save_model(model, output.run_file(key, "model.npz"))
-        _write_arrays(output.run_file(key, "arrays.npz"), arrays)
     except models.TrainingDiverged as e:
-        row.update(status="failed", reason=str(e))
-    except (ValueError, FloatingPointError, RuntimeError) as e:
-        row.update(status="failed", reason=f"{type(e).__name__}: {e}")
-        traceback.print_exc()
-    write_json_atomic(output.run_file(key, "result.json"), row)
-    shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)  # finished: the result is the record
-    return row
+        log(
+            f"[ensemble] {spec.name} {mspec.label_for(system)} n_train={n_train}: {e}; "
+            "training the seeds one by one"
+        )
+        shutil.rmtree(group, ignore_errors=True)
+        return [
+            run_one(
+                spec,
+                mspec,
+                preset,
+                seed=s,
+                n_train=n_train,
+                output=output,
+                progress=progress,
+                log=log,
+            )
+            for s in seeds
+        ]
+    rows = [row for _, row, _ in started]
+    for j, ds, (model, info) in zip(todo, datasets, trained):
+        key, row, _ = started[j]
+        rows[j] = _finish(key, row, output, preset, model, info, ds)
+    shutil.rmtree(group, ignore_errors=True)
+    return rows
 
 
 def _linear_coupling(system) -> np.ndarray | None:
@@ -521,15 +651,35 @@ def score(model, ds, preset: Preset) -> tuple[dict, dict]:
 
 
 # --------------------------------------------------------------------------- the study
-def job(spec, mspec, preset, seed, n_train, output, then=None) -> tuple[dict, float]:
-    """One run as a job of `experiments.workers.map_jobs`: `run_one`, then
-    `then(spec, mspec, preset, seed, n_train, output, row)` where given (the study's
-    attribution of the run, in the same worker); returns `(row, seconds)`."""
+def job(spec, mspec, preset, seeds, n_train, output, then=None) -> tuple[list[dict], float]:
+    """The runs of `seeds` (one system, model and n_train) as one job of
+    `experiments.workers.map_jobs`: `run_seeds` as one ensemble where `ensembles_seeds` says
+    so, otherwise `run_one` seed by seed; then `then(spec, mspec, preset, seed, n_train,
+    output, row)` for each, where given (the study's attribution of the run, in the same
+    worker); returns `(rows, seconds)`."""
     t0 = time.perf_counter()
-    row = run_one(spec, mspec, preset, seed=seed, n_train=n_train, output=output)
+    if len(seeds) > 1:
+        rows = run_seeds(spec, mspec, preset, seeds=seeds, n_train=n_train, output=output)
+    else:
+        rows = [run_one(spec, mspec, preset, seed=seeds[0], n_train=n_train, output=output)]
     if then is not None:
-        then(spec, mspec, preset, seed, n_train, output, row)
-    return row, time.perf_counter() - t0
+        for seed, row in zip(seeds, rows):
+            then(spec, mspec, preset, seed, n_train, output, row)
+    return rows, time.perf_counter() - t0
+
+
+def job_groups(preset: Preset) -> list[tuple[SystemSpec, ModelSpec, tuple[int, ...], int]]:
+    """The runs of `jobs` as jobs: `(system, model, seeds, n_train)`, the seeds together where
+    `ensembles_seeds`, one job per seed otherwise."""
+    out = []
+    for s in preset.systems:
+        for n in preset.n_train:
+            for m in preset.models:
+                if ensembles_seeds(preset, m):
+                    out.append((s, m, tuple(preset.seeds), n))
+                else:
+                    out.extend((s, m, (seed,), n) for seed in preset.seeds)
+    return out
 
 
 def run(
@@ -541,8 +691,9 @@ def run(
     workers: int = 1,
     then=None,
 ) -> list[dict]:
-    """Every run of the preset (`jobs`), `workers` at a time (`experiments.workers`; the
-    dearest models, by `ModelSpec.cost`, start first); writes `metrics.csv` and
+    """Every run of the preset (`jobs`, grouped into the jobs of `job_groups`), `workers` at a
+    time (`experiments.workers`; seed by seed, the dearest models, by `ModelSpec.cost`, first);
+    writes `metrics.csv` and
     `summary.md` and returns the rows in the order of `jobs`."""
     from .workers import map_jobs
 
@@ -552,29 +703,43 @@ def run(
         output.config,
         {"preset": preset.as_dict(), "overrides": overrides or {}, "environment": environment()},
     )
-    todo = jobs(preset)
-    order = sorted(range(len(todo)), key=lambda i: -todo[i][1].cost)
+    todo = job_groups(preset)
+    # one seed's jobs before the next seed's, the dearest first: concurrent workers then
+    # compile different programs, and a later seed finds its programs in the compilation cache
+    order = sorted(
+        range(len(todo)),
+        key=lambda i: (preset.seeds.index(todo[i][2][0]), -todo[i][1].cost * len(todo[i][2])),
+    )
     done = [0]
+    n_runs = sum(len(seeds) for _, _, seeds, _ in todo)
 
     def report(i, result):
-        done[0] += 1
-        (spec, _, seed, n_train), (row, seconds) = todo[i], result
-        if progress:
-            print(
-                f"[{done[0]}/{len(todo)}] {spec.name} {row['model']} n_train={n_train} "
-                f"seed {seed}: {row['status']} interp {row['interp_nmse']:.3g} "
-                f"extrap {row['extrap_nmse']:.3g} ({seconds:.1f} s)",
-                flush=True,
-            )
+        (spec, _, seeds, n_train), (rows, seconds) = todo[i], result
+        for seed, row in zip(seeds, rows):
+            done[0] += 1
+            if progress:
+                print(
+                    f"[{done[0]}/{n_runs}] {spec.name} {row['model']} n_train={n_train} "
+                    f"seed {seed}: {row['status']} interp {row['interp_nmse']:.3g} "
+                    f"extrap {row['extrap_nmse']:.3g} ({seconds:.1f} s"
+                    + (f" for {len(seeds)} seeds" if len(seeds) > 1 else "")
+                    + ")",
+                    flush=True,
+                )
 
     results = map_jobs(
         job,
-        [(s, m, preset, seed, n, output, then) for s, m, seed, n in todo],
+        [(s, m, preset, seeds, n, output, then) for s, m, seeds, n in todo],
         workers=workers,
         on_result=report,
         order=order,
     )
-    rows = [row for row, _ in results]
+    by_run = {
+        (s.name, id(m), n, seed): row
+        for (s, m, seeds, n), (rows, _) in zip(todo, results)
+        for seed, row in zip(seeds, rows)
+    }
+    rows = [by_run[(s.name, id(m), n, seed)] for s, m, seed, n in jobs(preset)]
     write_metrics(rows, output)
     return rows
 

@@ -178,6 +178,10 @@ class Preset:
     """forecast horizons (log-spaced) at which attributions are scored"""
     ig_steps: int = 8
     """Gauss-Legendre nodes of integrated gradients in the study"""
+    ensemble_seeds: bool | None = None
+    """train a model's seeds (at one system and n_train) as one ensemble (None: on
+    accelerators only; on a CPU an ensemble costs as much as its fits one by one). Not part of
+    a run's hash: the results equal separate fits up to rounding"""
 
     #: the fields that concern only the attribution study (not part of a run's hash)
     ATTRIBUTION_FIELDS = ("attr_traj", "attr_horizons", "ig_steps")
@@ -229,6 +233,8 @@ class Preset:
             fail(f"seeds must be non-negative integers, got {self.seeds!r}")
         if any(not isinstance(n, int) or n < 1 for n in self.n_train):
             fail(f"n_train must be positive integers, got {self.n_train!r}")
+        if self.ensemble_seeds not in (None, True, False):
+            fail(f"ensemble_seeds must be True, False or None, got {self.ensemble_seeds!r}")
         if not self.systems or not all(isinstance(s, SystemSpec) for s in self.systems):
             fail("systems must be a non-empty tuple of SystemSpec")
         if len({s.name for s in self.systems}) != len(self.systems):

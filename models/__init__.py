@@ -40,5 +40,6 @@ from .train import (
     TrainingDiverged as TrainingDiverged,
     fit as fit,
     fit_ensemble as fit_ensemble,
+    fit_members as fit_members,
 )
 from .transformer import Transformer as Transformer

@@ -183,10 +183,74 @@ class Recipe:
         interrupted recipe resumes where it stopped (finished stages restore
         at once). Raises `models.TrainingDiverged` like `fit`.
         """
+
+        def run_stage(i, stage, cfg, members, directory):
+            (member,) = members
+            member, records = fit(
+                member,
+                dataset,
+                key=jax.random.fold_in(key, i),
+                config=cfg,
+                loss=stage.objective,
+                checkpoint_dir=directory,
+                progress=progress,
+            )
+            return [member], [records]
+
+        (model,), (result,) = self._stages([model], dataset, run_stage, checkpoint_dir, precision)
+        return model, result
+
+    def fit_members(
+        self,
+        members,
+        datasets,
+        *,
+        keys,
+        lrs=None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        precision: str = "float32",
+        strategy=None,
+    ) -> tuple[list, list[RecipeResult]]:
+        """Trains `members` (one architecture) as one ensemble, member `j` on `datasets[j]`
+        (or all on one dataset) with `keys[j]` and the base learning rate `lrs[j]` (default:
+        the recipe's `lr`), through the same stages, stopping rule and selection as `fit`,
+        each stage one `models.fit_members` call; returns `(members, results)`, one
+        `RecipeResult` per member, equal to what `fit` gives each alone (up to the rounding of
+        a batched program). `train_seconds` and `compile_seconds` of each are the ensemble's
+        divided by the number of members. `strategy` as in `models.fit_ensemble`. Raises
+        `models.TrainingDiverged` (naming the member) like `models.fit_members`."""
+        from .train import fit_members
+
+        members, keys = list(members), list(keys)
+        lrs = [self.lr] * len(members) if lrs is None else [float(x) for x in lrs]
+
+        def run_stage(i, stage, cfg, members, directory):
+            return fit_members(
+                members,
+                datasets,
+                keys=[jax.random.fold_in(k, i) for k in keys],
+                config=cfg,
+                loss=stage.objective,
+                lrs=[lr * stage.lr_scale for lr in lrs],
+                checkpoint_dir=directory,
+                progress=progress,
+                strategy=strategy,
+            )
+
+        first = datasets[0] if isinstance(datasets, (list, tuple)) else datasets
+        return self._stages(members, first, run_stage, checkpoint_dir, precision)
+
+    def _stages(self, members, dataset, run_stage, checkpoint_dir, precision):
+        """The stages in turn, `run_stage(i, stage, config, members, directory) -> (members,
+        records of each member)` training them; the best validated parameters of each member
+        kept over the stages."""
         n_states = dataset.train.shape[1]
-        best_params, best_val, best_stage = None, float("inf"), ""
-        history, steps_run, seconds, compile_seconds = [], 0, 0.0, 0.0
-        converged = False
+        n = len(members)
+        best_params, best_val, best_stage = [None] * n, [float("inf")] * n, [""] * n
+        history: list[list[dict]] = [[] for _ in range(n)]
+        steps_run, converged = [0] * n, [False] * n
+        seconds, compile_seconds = 0.0, 0.0
         for i, stage in enumerate(self.stages):
             window = n_states if stage.window is None else min(stage.window, n_states)
             cfg = TrainConfig(
@@ -200,42 +264,37 @@ class Recipe:
                 window=window,
                 val_context=self.context,
             )
-            model, records = fit(
-                model,
-                dataset,
-                key=jax.random.fold_in(key, i),
-                config=cfg,
-                loss=stage.objective,
-                checkpoint_dir=None
-                if checkpoint_dir is None
-                else Path(checkpoint_dir) / f"stage{i}",
-                progress=progress,
-            )
-            for r in records:
-                history.append(dict(r, stage=stage.name))
-            if records:
-                steps_run += records[-1]["step"]
-                seconds += records[-1]["seconds"]
-                compile_seconds += records[-1]["compile_seconds"]
-                converged = bool(records[-1]["converged"])
-                val = records[-1]["best_val"]
-            else:
+            directory = None if checkpoint_dir is None else Path(checkpoint_dir) / f"stage{i}"
+            members, records_of = run_stage(i, stage, cfg, members, directory)
+            if records_of[0]:  # the wall time is the ensemble's
+                seconds += records_of[0][-1]["seconds"]
+                compile_seconds += records_of[0][-1]["compile_seconds"]
+            for j, (member, records) in enumerate(zip(members, records_of)):
+                history[j].extend(dict(r, stage=stage.name) for r in records)
                 val = None
-            val = float("inf") if val is None else val
-            if val < best_val or best_params is None:
-                best_val, best_stage = val, stage.name
-                best_params = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-            else:  # this stage did not improve on the earlier ones: start the next from those
-                nnx.update(model, best_params)
-        return model, RecipeResult(
-            val_rollout_nmse=best_val,
-            steps_run=steps_run,
-            converged=converged,
-            train_seconds=max(0.0, seconds - compile_seconds),
-            compile_seconds=compile_seconds,
-            best_stage=best_stage,
-            history=history,
-        )
+                if records:
+                    steps_run[j] += records[-1]["step"]
+                    converged[j] = bool(records[-1]["converged"])
+                    val = records[-1]["best_val"]
+                val = float("inf") if val is None else val
+                if val < best_val[j] or best_params[j] is None:
+                    best_val[j], best_stage[j] = val, stage.name
+                    best_params[j] = jax.tree.map(jnp.copy, nnx.state(member, nnx.Param))
+                else:  # this stage did not improve on the earlier ones: start the next from those
+                    nnx.update(member, best_params[j])
+        results = [
+            RecipeResult(
+                val_rollout_nmse=best_val[j],
+                steps_run=steps_run[j],
+                converged=converged[j],
+                train_seconds=max(0.0, seconds - compile_seconds) / n,
+                compile_seconds=compile_seconds / n,
+                best_stage=best_stage[j],
+                history=history[j],
+            )
+            for j in range(n)
+        ]
+        return members, results
 
 
 def ode_recipe(
@@ -353,6 +412,26 @@ class _ClosedFormRecipe(Recipe):
         """The whole recipe: a closed-form fit has nothing cheaper to compare."""
         del fraction
         return self
+
+    def fit_members(
+        self,
+        members,
+        datasets,
+        *,
+        keys=None,
+        lrs=None,
+        checkpoint_dir=None,
+        progress: bool = False,
+        precision: str = "float32",
+        strategy=None,
+    ) -> tuple[list, list[RecipeResult]]:
+        """Each member solved alone by `fit` (a closed-form fit has no program to share)."""
+        del keys, lrs, checkpoint_dir, progress, precision, strategy
+        members = list(members)
+        if not isinstance(datasets, (list, tuple)):
+            datasets = [datasets] * len(members)
+        fitted = [self.fit(m, d) for m, d in zip(members, datasets, strict=True)]
+        return [m for m, _ in fitted], [r for _, r in fitted]
 
     def _check(self, dataset) -> None:
         """Refuses data the recipe cannot use, before any work (subclasses add their own)."""

@@ -576,7 +576,7 @@ def _name_of(fn) -> str:
 
 def _run(
     models,
-    dataset,
+    datasets,
     keys,
     *,
     cfg: TrainConfig,
@@ -587,50 +587,90 @@ def _run(
     log_path,
     strategy,
     desc,
+    lrs=None,
 ):
-    """Trains `len(models)` members at once; returns the trained models and their histories."""
+    """Trains `len(models)` members at once; returns the trained models and their histories.
+
+    `datasets` holds one dataset shared by every member, or one per member (stacked along the
+    member axis: the same shapes); `lrs`, one peak learning rate per member of the default
+    optimizer (held in its state, so the compiled program is shared), or None for `cfg.lr`."""
     dtype = jnp.float64 if cfg.precision == "float64" else jnp.float32
+    dataset = datasets[0]
+    per_member = len(datasets) > 1
     trajectories = _is_trajectories(dataset)
     if trajectories:
-        for m in models:
-            m.prepare(dataset)
+        for i, m in enumerate(models):
+            m.prepare(datasets[i if per_member else 0])
     graphdef, *_ = nnx.split(models[0], nnx.Param, ...)
-    splits = [nnx.split(m, nnx.Param, ...)[1:] for m in models]
+    splits = [nnx.split(m, nnx.Param, ...) for m in models]
+    if any(g != graphdef for g, *_ in splits[1:]):
+        raise ValueError(
+            "the members of an ensemble must share one architecture (and, once prepared on "
+            "their data, the same static attributes such as dt)"
+        )
+    splits = [s[1:] for s in splits]
     params = jax.tree.map(lambda *xs: jnp.stack(xs), *[_cast(s[0], dtype) for s in splits])
     rest = jax.tree.map(lambda *xs: jnp.stack(xs), *[_cast(s[1], dtype) for s in splits])
     n_members = len(models)
 
     if trajectories:
         window = cfg.window or models[0].window_length(dataset.n_train_steps)
-        train = jnp.asarray(dataset.train, dtype)
         has_val = dataset.val.shape[0] > 0
-        if has_val and cfg.val_context is not None:
-            val = np.asarray(dataset.val, np.float64)
-            val_batch = (jnp.asarray(val, dtype), jnp.asarray(_inverse_variance(val), dtype))
-        else:
-            val_batch = jnp.asarray(
-                _windows_of(dataset.val, window) if has_val else dataset.train[:1, :window], dtype
+
+        def val_batch_of(ds):
+            if has_val and cfg.val_context is not None:
+                val = np.asarray(ds.val, np.float64)
+                return (jnp.asarray(val, dtype), jnp.asarray(_inverse_variance(val), dtype))
+            return jnp.asarray(
+                _windows_of(ds.val, window) if has_val else ds.train[:1, :window], dtype
             )
-        data_sum = float(np.asarray(dataset.train, np.float64).sum())
+
+        train_of = lambda ds: jnp.asarray(ds.train, dtype)  # noqa: E731
+        data_sum = float(sum(np.asarray(ds.train, np.float64).sum() for ds in datasets))
     else:  # full-batch data: handed to the loss whole at every step; no validation
-        window, has_val, val_batch = None, False, None
-        train = _cast(jax.tree.map(jnp.asarray, dataset), dtype)
-        data_sum = float(sum(np.asarray(x, np.float64).sum() for x in jax.tree.leaves(dataset)))
+        window, has_val = None, False
+        val_batch_of = lambda ds: None  # noqa: E731
+        train_of = lambda ds: _cast(jax.tree.map(jnp.asarray, ds), dtype)  # noqa: E731
+        data_sum = float(
+            sum(np.asarray(x, np.float64).sum() for ds in datasets for x in jax.tree.leaves(ds))
+        )
+    if per_member:  # a leading member axis on the data too
+        train = jax.tree.map(lambda *xs: jnp.stack(xs), *[train_of(ds) for ds in datasets])
+        val_batch = jax.tree.map(lambda *xs: jnp.stack(xs), *[val_batch_of(ds) for ds in datasets])
+    else:
+        train, val_batch = train_of(dataset), val_batch_of(dataset)
     key_data = jnp.stack(
         [
             jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
             for k in keys
         ]
     )
-    opt = optimizer if optimizer is not None else _default_optimizer(cfg)
-    state = jax.vmap(lambda p: {**_init_state(p, opt), **_limits(cfg)})(params)
+    if lrs is None:
+        opt = optimizer if optimizer is not None else _default_optimizer(cfg)
+        state = jax.vmap(lambda p: {**_init_state(p, opt), **_limits(cfg)})(params)
+    else:  # the default optimizer, its peak learning rate in each member's state
+        states = [
+            {
+                **_init_state(
+                    jax.tree.map(lambda x: x[i], params),
+                    _default_optimizer(dataclasses.replace(cfg, lr=float(lr))),
+                ),
+                **_limits(cfg),
+            }
+            for i, lr in enumerate(lrs)
+        ]
+        state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
     sharding = _member_sharding(n_members)
     if sharding is not None:
         state, rest, key_data = jax.device_put((state, rest, key_data), sharding)
-    train_fn = _compiled_chunk(graphdef, cfg.batch_size, window, strategy, loss, optimizer)
+        if per_member:
+            train, val_batch = jax.device_put((train, val_batch), sharding)
+    train_fn = _compiled_chunk(
+        graphdef, cfg.batch_size, window, strategy, loss, optimizer, per_member
+    )
     val_loss = None if (has_val and cfg.val_context is not None) else loss
-    eval_fn = _compiled_evaluate(graphdef, has_val, cfg.val_context, strategy, val_loss)
+    eval_fn = _compiled_evaluate(graphdef, has_val, cfg.val_context, strategy, val_loss, per_member)
 
     ckpt = None
     history: list[dict] = []
@@ -650,6 +690,8 @@ def _run(
             fingerprint["loss"] = _name_of(loss)
         if optimizer is not None:
             fingerprint["optimizer"] = "custom"
+        if lrs is not None:
+            fingerprint["lrs"] = [float(x) for x in lrs]
         ckpt = _Checkpoints(checkpoint_dir, fingerprint)
         restored, history = ckpt.restore(state)
         if restored is not None:
@@ -756,21 +798,26 @@ def _cached(builder):
 
 
 @_cached
-def _compiled_chunk(graphdef, batch_size: int, window, strategy: str, loss: Loss, optimizer):
+def _compiled_chunk(
+    graphdef, batch_size: int, window, strategy: str, loss: Loss, optimizer, per_member: bool
+):
     """The jitted, member-batched training chunk `(state, rest, key_data, train, n_steps)`;
     cached, so that fits of the same architecture, window, batch size, loss and optimizer
-    (seeds, ensembles, learning rates, budgets, resumed runs) compile once."""
+    (seeds, ensembles, learning rates, budgets, resumed runs) compile once. `per_member`: the
+    data carry the member axis too (one dataset per member)."""
     opt = optimizer if optimizer is not None else _default_optimizer(TrainConfig(steps=2))
     chunk = _build_chunk(graphdef, opt, TrainConfig(steps=1, batch_size=batch_size), window, loss)
 
     def run_member(st, r, kd, train, n_steps):
         return chunk(st, r, jax.random.wrap_key_data(kd), train, n_steps)
 
-    return jax.jit(_over_members(run_member, strategy, 3), static_argnums=4)
+    return jax.jit(_over_members(run_member, strategy, 4 if per_member else 3), static_argnums=4)
 
 
 @_cached
-def _compiled_evaluate(graphdef, has_val: bool, val_context, strategy: str, loss: Loss | None):
+def _compiled_evaluate(
+    graphdef, has_val: bool, val_context, strategy: str, loss: Loss | None, per_member: bool
+):
     """The jitted, member-batched validation `(state, rest, key_data, was_active, val_batch)`;
     cached like `_compiled_chunk`, and shared by every stage of a recipe."""
     evaluate = _build_evaluate(graphdef, has_val, val_context, loss)
@@ -778,7 +825,7 @@ def _compiled_evaluate(graphdef, has_val: bool, val_context, strategy: str, loss
     def run_member(st, r, kd, was_active, val_batch):
         return evaluate(st, r, jax.random.wrap_key_data(kd), val_batch, was_active)
 
-    return jax.jit(_over_members(run_member, strategy, 4))
+    return jax.jit(_over_members(run_member, strategy, 5 if per_member else 4))
 
 
 def _member_sharding(n_members: int):
@@ -887,7 +934,7 @@ def fit(
     loss = _model_loss if loss is None else loss
     (model,), history, state, diverged = _run(
         [model],
-        dataset,
+        [dataset],
         [key],
         cfg=cfg,
         optimizer=optimizer,
@@ -914,6 +961,7 @@ def fit_ensemble(
     checkpoint_dir: str | os.PathLike | None = None,
     strategy: Literal["vmap", "map"] | None = None,
     progress: bool = True,
+    lrs: Sequence[float] | None = None,
     **overrides,
 ):
     """Trains one member per key in one compiled program; returns `(ensemble, histories)`.
@@ -927,24 +975,89 @@ def fit_ensemble(
     several. `strategy`: `"vmap"` (one batched program; the default on
     accelerators) or `"map"` (`lax.map` over members inside one program; the
     default on CPU, where a step is bound by arithmetic and batching gains
-    nothing).
+    nothing). `dataset` and `lrs` as in `fit_members`.
 
     **Returns:** the list of trained members and a list of per-member histories.
     """
     keys = list(keys)
     if not keys:
         raise ValueError("keys must hold at least one PRNG key")
+    members = [make_model(nnx.Rngs(k)) for k in keys]
+    return fit_members(
+        members,
+        dataset,
+        keys=keys,
+        config=config,
+        optimizer=optimizer,
+        loss=loss,
+        checkpoint_dir=checkpoint_dir,
+        strategy=strategy,
+        progress=progress,
+        lrs=lrs,
+        **overrides,
+    )
+
+
+def fit_members(
+    members: Sequence[nnx.Module],
+    dataset,
+    *,
+    keys: Sequence[PRNGKeyArray],
+    config: TrainConfig | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    loss: Loss | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    strategy: Literal["vmap", "map"] | None = None,
+    progress: bool = True,
+    lrs: Sequence[float] | None = None,
+    **overrides,
+):
+    """Trains the given models (one architecture) as one ensemble, member `i` with `keys[i]`,
+    exactly as `fit(members[i], ..., key=keys[i])` would; updates them in place and returns
+    `(members, histories)`. `strategy`, `config`, `optimizer`, `loss`, `checkpoint_dir` and
+    `**overrides` as in `fit_ensemble` and `fit`.
+
+    - `dataset`: one dataset for every member, or a sequence of datasets, one per member (each
+      member trains and validates on its own: the seeds of a study, whose data differ too).
+      They must agree in every shape, in `dt` and in the system.
+    - `lrs`: one peak learning rate per member, in place of the config's `lr`, for the default
+      optimizer (the rate is a value in each member's optimizer state, so the members still
+      share one compiled program); None: every member uses the config's.
+
+    **Raises:** `ValueError` for members of different architectures, datasets that disagree
+    or a wrong number of them or of `lrs`; `TrainingDiverged` naming the first member whose
+    loss became non-finite (the others are trained).
+    """
+    members, keys = list(members), list(keys)
+    if not keys:
+        raise ValueError("keys must hold at least one PRNG key")
+    if len(members) != len(keys):
+        raise ValueError(f"{len(members)} members but {len(keys)} keys: give one key per member")
     cfg = _resolve_config(config, overrides, custom_optimizer=optimizer is not None)
     if strategy is None:
         strategy = "map" if jax.default_backend() == "cpu" else "vmap"
     if strategy not in ("vmap", "map"):
         raise ValueError(f"strategy must be 'vmap' or 'map', got {strategy!r}")
-    models = [make_model(nnx.Rngs(k)) for k in keys]
-    _validate(models[0], dataset, cfg, loss=loss)
+    datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
+    if len(datasets) not in (1, len(members)):
+        raise ValueError(
+            f"{len(datasets)} datasets for {len(members)} members: give one, or one per member"
+        )
+    if lrs is not None:
+        lrs = [float(x) for x in lrs]
+        if optimizer is not None:
+            raise ValueError(
+                "lrs= sets the default optimizer's rate; it cannot apply to optimizer="
+            )
+        if len(lrs) != len(members) or not all(math.isfinite(x) and x > 0 for x in lrs):
+            raise ValueError(f"lrs must hold one positive learning rate per member, got {lrs}")
+    for i, m in enumerate(members):
+        _validate(m, datasets[i if len(datasets) > 1 else 0], cfg, loss=loss)
+    _check_alike(datasets)
     loss = _model_loss if loss is None else loss
-    models, history, state, diverged = _run(
-        models,
-        dataset,
+    members, history, state, diverged = _run(
+        members,
+        datasets,
         keys,
         cfg=cfg,
         optimizer=optimizer,
@@ -953,12 +1066,38 @@ def fit_ensemble(
         progress=progress,
         log_path=None,
         strategy=strategy,
-        desc=f"ensemble of {len(models)}",
+        desc=f"ensemble of {len(members)}",
+        lrs=lrs,
     )
-    histories = [_history_of(history, i) for i in range(len(models))]
+    histories = [_history_of(history, i) for i in range(len(members))]
     if diverged.any():
         i = int(np.flatnonzero(diverged)[0])
         raise TrainingDiverged(
-            int(state["diverged_step"][i]), float(state["last_loss"][i]), models, member=i
+            int(state["diverged_step"][i]), float(state["last_loss"][i]), members, member=i
         )
-    return models, histories
+    return members, histories
+
+
+def _check_alike(datasets) -> None:
+    """The members' datasets must stack: the same shapes (and `dt` and system, for trajectories)."""
+    first = datasets[0]
+    for i, ds in enumerate(datasets[1:], 1):
+        if _is_trajectories(first) != _is_trajectories(ds):
+            raise ValueError(f"dataset {i} is not of the same kind as dataset 0")
+        if _is_trajectories(first):
+            for name in ("train", "val"):
+                a, b = np.shape(getattr(first, name)), np.shape(getattr(ds, name))
+                if a != b:
+                    raise ValueError(f"dataset {i}: {name} has shape {b}, dataset 0 has {a}")
+            if not math.isclose(float(ds.dt), float(first.dt), rel_tol=1e-12):
+                raise ValueError(f"dataset {i}: dt {ds.dt} differs from dataset 0's {first.dt}")
+            s0, s1 = getattr(first, "system", None), getattr(ds, "system", None)
+            if type(s0) is not type(s1):
+                raise ValueError(
+                    f"dataset {i} simulates {type(s1).__name__}, dataset 0 {type(s0).__name__}"
+                )
+        else:
+            a = [np.shape(x) for x in jax.tree.leaves(first)]
+            b = [np.shape(x) for x in jax.tree.leaves(ds)]
+            if a != b or jax.tree.structure(first) != jax.tree.structure(ds):
+                raise ValueError(f"dataset {i} does not have dataset 0's structure and shapes")

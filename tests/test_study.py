@@ -192,6 +192,46 @@ def test_rerun_reuses_only_an_unchanged_configuration(tmp_path, capsys):
     assert row3["config_hash"] not in (row["config_hash"], row2["config_hash"])
 
 
+def test_seeds_trained_as_one_ensemble_equal_seeds_trained_one_by_one(tmp_path):
+    """`ensemble_seeds=True` (the default on accelerators): each model's two seeds, each with
+    its own data, pilots over a learning-rate grid and its own chosen rate, train as one
+    ensemble; every run's scores equal those of the seeds trained one by one (float32
+    training: up to rounding), the ensemble's checkpoints are removed, and a rerun of either
+    policy reuses the runs. Training both seeds on the first seed's data, or at one rate,
+    fails it."""
+    preset = _tiny(seeds=(0, 1), lr_grid=(3e-3, 3e-2), pilot=0.5, steps=60, eval_every=20)
+    rows = {}
+    for policy in (False, True):
+        out = Output(tmp_path / str(policy))
+        rows[policy] = extrapolation.run(
+            dataclasses.replace(preset, ensemble_seeds=policy), out, progress=False
+        )
+        assert not list((tmp_path / str(policy)).rglob("ensemble_seed*"))
+        assert not list((tmp_path / str(policy)).rglob("checkpoint"))
+    assert [extrapolation.ensembles_seeds(dataclasses.replace(preset, ensemble_seeds=True), m)
+            for m in preset.models] == [True, True]  # fmt: skip
+    for a, b in zip(rows[False], rows[True], strict=True):
+        assert (a["model"], a["seed"], a["status"], a["choice"]) == (
+            b["model"], b["seed"], b["status"], b["choice"]
+        )  # fmt: skip
+        for c in ("interp_nmse", "extrap_nmse", "val_rollout_nmse", "ood_nmse"):
+            assert b[c] == pytest.approx(a[c], rel=2e-3), (a["model"], a["seed"], c)
+        assert (a["steps_run"], a["converged"]) == (b["steps_run"], b["converged"])
+    # the seeds differ, so equality is not the same run twice
+    by_model = {}
+    for r in rows[True]:
+        by_model.setdefault(r["model"], []).append(r["interp_nmse"])
+    assert all(x[0] != x[1] for x in by_model.values())
+    # reused by either policy: nothing retrained
+    out = Output(tmp_path / "True")
+    stamps = sorted(p.stat().st_mtime_ns for p in out.results())
+    again = extrapolation.run(
+        dataclasses.replace(preset, ensemble_seeds=False), out, progress=False
+    )
+    assert sorted(p.stat().st_mtime_ns for p in out.results()) == stamps
+    assert json.dumps(again, sort_keys=True) == json.dumps(rows[True], sort_keys=True)
+
+
 def test_a_stale_checkpoint_of_another_configuration_is_not_resumed(tmp_path, capsys):
     out = Output(tmp_path)
     preset = _tiny(models=(OSCILLATORS_N,), steps=20, eval_every=10)

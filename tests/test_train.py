@@ -341,6 +341,72 @@ def test_fit_ensemble_refuses_bad_input(ds, unchecked):
         m.fit_ensemble(make_model, ds, keys=[jax.random.key(0)], steps=0)
 
 
+def _other_data(ds, key):
+    return d.make_dataset(
+        ds.system,
+        key=jax.random.key(key),
+        n_train=8,
+        n_val=4,
+        n_test=3,
+        dt=0.1,
+        t_train=5.0,
+        t_end=10.0,
+        noise=0.01,
+    )
+
+
+@pytest.mark.parametrize("strategy", ["map", "vmap"])
+def test_members_on_their_own_data_and_rates_equal_fits_alone(ds, strategy):
+    """`fit_members` with one dataset and one learning rate per member (the study's seeds):
+    each member ends where `fit` on its own data, at its own rate, ends."""
+    datasets = [ds, _other_data(ds, 5)]
+    keys = [jax.random.key(s) for s in SEEDS[:2]]
+    lrs = [1e-2, 3e-3]
+    kw = dict(FIT, steps=60)
+    alone = [
+        m.fit(make_model(nnx.Rngs(k)), x, key=k, **dict(kw, lr=lr))
+        for k, x, lr in zip(keys, datasets, lrs)
+    ]
+    members, histories = m.fit_members(
+        [make_model(nnx.Rngs(k)) for k in keys],
+        datasets,
+        keys=keys,
+        lrs=lrs,
+        strategy=strategy,
+        **{k: v for k, v in kw.items() if k != "lr"},
+    )
+    for (model, hist), member, h in zip(alone, members, histories):
+        assert_same_params(params_of(member), params_of(model), rtol=1e-7)
+        np.testing.assert_allclose(
+            [r["val_loss"] for r in h], [r["val_loss"] for r in hist], rtol=1e-7
+        )
+    # the members' normalisation comes from their own data
+    assert not np.allclose(np.asarray(members[0].mean[...]), np.asarray(members[1].mean[...]))
+
+
+def test_fit_members_refuses_data_and_rates_that_do_not_fit(ds):
+    keys = [jax.random.key(0), jax.random.key(1)]
+    two = lambda: [make_model(nnx.Rngs(k)) for k in keys]  # noqa: E731
+    kw = dict(steps=10, progress=False)
+    with pytest.raises(ValueError, match="3 datasets for 2 members"):
+        m.fit_members(two(), [ds, ds, ds], keys=keys, **kw)
+    short = d.make_dataset(
+        ds.system, key=jax.random.key(3), n_train=8, n_val=4, n_test=3, dt=0.1,
+        t_train=4.0, t_end=10.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="train has shape"):
+        m.fit_members(two(), [ds, short], keys=keys, **kw)
+    with pytest.raises(ValueError, match="one positive learning rate per member"):
+        m.fit_members(two(), ds, keys=keys, lrs=[1e-3], **kw)
+    with pytest.raises(ValueError, match="cannot apply to optimizer"):
+        m.fit_members(two(), ds, keys=keys, lrs=[1e-3, 1e-3], optimizer=optax.sgd(1e-3), **kw)
+    with pytest.raises(ValueError, match="one key per member"):
+        m.fit_members(two(), ds, keys=keys[:1], **kw)
+    other = [make_model(nnx.Rngs(0)), m.NeuralODE(6, width=4, depth=1, rngs=nnx.Rngs(1))]
+    with pytest.raises(ValueError, match="share one architecture"):
+        m.fit_members(other, ds, keys=keys, **kw)
+
+
 # ------------------------------------------------------------------ TrainConfig
 CONFIG_FIELDS = {k: v for k, v in FIT.items() if k != "progress"}
 #: the configuration without the default optimizer's fields (they are refused beside optimizer=)
