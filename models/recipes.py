@@ -484,7 +484,16 @@ class _ClosedFormRecipe(Recipe):
                 if v < float("inf") and (best is None or v < history[best]["val_rollout_nmse"]):
                     best = len(history) - 1
             if best is None:
-                raise TrainingDiverged(1, float("nan"), model)
+                raise TrainingDiverged(
+                    1,
+                    float("nan"),
+                    model,
+                    message=(
+                        f"{name}: the validation rollout of every candidate "
+                        f"({', '.join(label for _, label in chosen)}) is non-finite: the fitted "
+                        "model blows up when it forecasts val from its context"
+                    ),
+                )
             restore, label = chosen[best]
             restore()
         seconds = time.perf_counter() - start

@@ -36,14 +36,25 @@ class TrainingDiverged(RuntimeError):
     """The loss became non-finite. The model keeps its last finite parameters.
 
     Attributes: `step` (the first step with a non-finite loss or update),
-    `last_finite_loss`, and `model` (the model holding the last finite parameters).
+    `last_finite_loss`, and `model` (the model holding the last finite parameters); `message`
+    replaces the default text (a closed-form fit says which of its candidates blew up).
     """
 
-    def __init__(self, step: int, last_finite_loss: float, model=None, member: int | None = None):
+    def __init__(
+        self,
+        step: int,
+        last_finite_loss: float,
+        model=None,
+        member: int | None = None,
+        message: str | None = None,
+    ):
         who = "" if member is None else f" (ensemble member {member})"
         super().__init__(
-            f"training diverged{who} at step {step}: the loss became non-finite; "
-            f"last finite loss {last_finite_loss:.6g}; the last finite parameters were kept"
+            message
+            or (
+                f"training diverged{who} at step {step}: the loss became non-finite; "
+                f"last finite loss {last_finite_loss:.6g}; the last finite parameters were kept"
+            )
         )
         self.step, self.last_finite_loss, self.model, self.member = (
             step,

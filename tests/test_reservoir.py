@@ -197,6 +197,23 @@ def test_recipe_refuses_nan_training_data(chain):
         model.recipe(ds.n_train_steps, budget=1, context=20).fit(model, ds, key=jax.random.key(0))
 
 
+def test_a_readout_that_blows_up_at_every_ridge_is_named(chain, monkeypatch):
+    """Every candidate's validation rollout non-finite (readouts of 1e6): `TrainingDiverged`
+    says so and names the candidates, instead of a loss that 'diverged at step 1'."""
+    model = models.NVAR(4, rngs=nnx.Rngs(0))
+    recipe = models.RidgeRecipe(ridges=(1e-3, 1.0), context=20)
+    real = model.readout_path
+
+    def huge(trajectories, ridges=None):
+        ws, bs = real(trajectories, ridges)
+        return ws * 0 + 1e6, bs
+
+    monkeypatch.setattr(model, "readout_path", huge)
+    with pytest.raises(models.TrainingDiverged, match=r"RidgeRecipe: the validation rollout of "
+                       r"every candidate \(ridge 0.001, ridge 1\) is non-finite"):  # fmt: skip
+        recipe.fit(model, chain)
+
+
 def test_the_study_skips_the_learning_rate_choice_for_closed_form_models():
     preset = dataclasses.replace(presets.PRESETS["quick"], lr_grid=(1e-3, 3e-3))
     assert len(training.candidates(presets.NVAR_SPEC, preset)) == 1
