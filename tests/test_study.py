@@ -591,6 +591,7 @@ def test_the_readme_example_of_a_users_system_model_and_preset_runs(tmp_path):
     preset = dataclasses.replace(
         namespace["PRESET"],
         models=namespace["PRESET"].models[1:],
+        seeds=(0,),
         n_train=(2,),
         n_val=1,
         n_test=2,
