@@ -253,7 +253,6 @@ def _start(spec, mspec, preset, system, *, seed, n_train, output, log):
     done = output.stored_result(key, cfg, log=log)
     if done is not None:
         return key, done, True
-    output.run_dir(key)
     write_json_atomic(
         output.run_file(key, "config.json"),
         {"config_hash": key.config_hash, "config": jsonable(cfg), "preset": preset.name},
@@ -363,9 +362,11 @@ def run_one(
 
 def ensembles_seeds(preset: Preset, mspec: ModelSpec) -> bool:
     """Whether the study trains this model's seeds (at one system and n_train) as one ensemble:
-    `preset.ensemble_seeds` where set; by default on accelerators only (on a 2-core CPU a
-    three-member ensemble costs 2.2 to 3.3 times one fit, as much as three fits, which share
-    their compiled programs anyway). Closed-form models never (nothing to batch)."""
+    `preset.ensemble_seeds` where set; by default on accelerators only. On a 2-core CPU a
+    three-member ensemble trains only 1.0 to 1.3 times faster than three fits (which share
+    their compiled programs anyway), and a study with its seeds as ensembles ran 1.11 times
+    slower than without (its jobs are three times coarser for the two workers; README,
+    "Seeds as one ensemble, measured"). Closed-form models never (nothing to batch)."""
     import jax
 
     if getattr(mspec.cls, "closed_form", False) or len(preset.seeds) < 2:

@@ -180,8 +180,8 @@ class Preset:
     """Gauss-Legendre nodes of integrated gradients in the study"""
     ensemble_seeds: bool | None = None
     """train a model's seeds (at one system and n_train) as one ensemble (None: on
-    accelerators only; on a CPU an ensemble costs as much as its fits one by one). Not part of
-    a run's hash: the results equal separate fits up to rounding"""
+    accelerators only; on a CPU it is no faster). Not part of a run's hash: the results equal
+    separate fits up to rounding"""
 
     #: the fields that concern only the attribution study (not part of a run's hash)
     ATTRIBUTION_FIELDS = ("attr_traj", "attr_horizons", "ig_steps")
