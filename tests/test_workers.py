@@ -3,9 +3,11 @@
 import operator
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from experiments.workers import SINGLE_THREAD_XLA, available_cores, map_jobs
+from experiments.workers import SINGLE_THREAD_XLA, available_cores, map_jobs, release_if_crowded
 
 
 def _where(x):
@@ -48,3 +50,15 @@ def test_unpicklable_jobs_run_here_and_say_why():
     assert out == [2, 3] and "cannot be pickled" in said[0]
     with pytest.raises(ValueError, match="permutation"):
         map_jobs(operator.neg, [(1,), (2,)], workers=1, order=[0, 0])
+
+
+def test_a_process_crowded_with_compiled_programs_drops_them():
+    """`release_if_crowded` clears the jit caches past its share of the kernel's limit on
+    memory mappings (the cause of a segmentation fault in long processes), and only then."""
+    f = jax.jit(lambda x: jnp.sin(x) + 1.0)
+    f(jnp.ones(3))
+    assert f._cache_size() == 1
+    assert not release_if_crowded(share=2.0)  # no process holds twice the limit
+    assert f._cache_size() == 1
+    assert release_if_crowded(share=0.0)
+    assert f._cache_size() == 0
