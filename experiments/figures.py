@@ -43,6 +43,13 @@ _COLORS = {
 _NMSE_CAP = 1e3
 
 
+def _capped(x, cap: float = _NMSE_CAP) -> np.ndarray:
+    """`x` with everything above `cap`, inf and NaN (a forecast that blew up) set to `cap`, so
+    that a log axis can draw it."""
+    x = np.asarray(x, dtype=float)
+    return np.minimum(np.nan_to_num(x, nan=cap, posinf=cap), cap)
+
+
 def _color(model: str, i: int = 0):
     """A fixed colour per model; the structured model is green with the most oscillators
     (`k = n`) and olive with fewer."""
@@ -120,6 +127,11 @@ def motivating(runs, system, t_train, path: Path, coord: int = 0, prefix: str = 
             ls="--",
             label=m,
         )
+        # on the truth's scale: a forecast that blows up leaves the axes rather than flattening
+        # the truth
+        lo, hi = float(true[:, coord].min()), float(true[:, coord].max())
+        pad = 0.5 * max(hi - lo, 1e-6)
+        ax.set_ylim(lo - pad, hi + pad)
         ax.set_ylabel("q₁")
         ax.legend(loc="upper right", fontsize=8, frameon=False)
     axes[-1].set_xlabel("t (training window shaded)")
@@ -262,17 +274,22 @@ def nmse_over_time(runs, system, t_train, path: Path):
     for i, ((s, m), rs) in enumerate(sorted(runs.items())):
         if s != system:
             continue
-        curves = np.stack([r["nmse_test"] for r in rs])
+        # a forecast that blew up (nmse overflowing to inf, or NaN) is drawn at the cap
+        curves = _capped(np.stack([r["nmse_test"] for r in rs]))
         ax.semilogy(
             rs[0]["ts_forecast"],
             np.exp(np.mean(np.log(curves + 1e-300), 0)),
             color=_color(m, i),
             label=m,
         )
+    ax.axhline(_NMSE_CAP, color="0.6", lw=0.6, ls="--")
     ax.axvline(t_train, color="0.4", ls=":", lw=1)
     ax.set_xlabel("t")
     ax.set_ylabel("nmse(t)")
-    ax.set_title(f"{system}: normalised error over time (dotted: end of training window)")
+    ax.set_title(
+        f"{system}: normalised error over time (dotted: end of training window; "
+        f"dashed: {_NMSE_CAP:g}, where blown-up forecasts are drawn)"
+    )
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -334,8 +351,11 @@ def interp_vs_extrap(rows, path: Path):
                 )
                 for m in models
             ]
+            # a mean that blew up is drawn at the cap (the line says so)
+            vals = [v if np.isnan(v) else float(_capped(v)) for v in vals]
             bars += list(ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab))
         _hatch_unconverged(ax, bars, rows, system, models * 3)
+        ax.axhline(_NMSE_CAP, color="0.6", lw=0.6, ls="--")
         ax.set_yscale("log")
         ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
         ax.set_title(system)
@@ -355,7 +375,7 @@ def energy_drift(runs, system, path: Path):
             continue
         ax.semilogy(
             rs[0]["ts_forecast"],
-            np.mean([r["energy_drift"] for r in rs], 0) + 1e-16,
+            _capped(np.mean([r["energy_drift"] for r in rs], 0)) + 1e-16,
             color=_color(m, i),
             label=m,
         )
@@ -365,7 +385,7 @@ def energy_drift(runs, system, path: Path):
         return None
     ax.set_xlabel("t")
     ax.set_ylabel("|E(ŷ_t) − E(y_0)| / |E(y_0)|")
-    ax.set_title(f"{system}: energy drift of the forecasts")
+    ax.set_title(f"{system}: energy drift of the forecasts (blown-up ones drawn at {_NMSE_CAP:g})")
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
