@@ -104,7 +104,9 @@ def motivating(runs, system, t_train, path: Path, coord: int = 0, prefix: str = 
     `prefix="cont_"`, of `test` with `prefix=""`), truth against each model's forecast from its
     first `C` states, over `[0, t_end]` with the training window shaded."""
     models = [m for (s, m) in runs if s == system]
-    order = _osc_labels(models) + [m for m in ("LSTM", "HNN") if m in models]
+    # the structured models (the exact-structure ParametricModel where it ran), then the black
+    # box and the constraint-imposing network of the talk
+    order = _osc_labels(models) + [m for m in ("ParametricModel", "LSTM", "HNN") if m in models]
     order = [m for m in order if f"{prefix}sample_true" in runs[(system, m)][0]]
     if not order:
         return None

@@ -372,6 +372,9 @@ PRESETS: dict[str, Preset] = {
             SINDY_SPEC,
             GRU_SPEC,
             TRANSFORMER_SPEC,
+            # the exact-structure white box: the only structured model for Kuramoto and the
+            # only one that can represent the double pendulum (about 25 s a run)
+            PARAMETRIC,
         ),
         seeds=(0, 1, 2),
         n_train=(1, 4, 16, 128),
