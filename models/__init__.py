@@ -27,6 +27,7 @@ from .recipes import (
     Stage as Stage,
     ode_recipe as ode_recipe,
     rollout_recipe as rollout_recipe,
+    smoothing_window as smoothing_window,
 )
 from .reservoir import ESN as ESN, NVAR as NVAR
 from .sindy import (

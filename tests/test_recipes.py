@@ -62,6 +62,54 @@ def test_savgol_refuses_even_or_short_windows(window):
         savgol_derivative_weights(window)
 
 
+# ------------------------------------------------------------------ the derivative window
+def test_smoothing_window_error_is_leave_one_out_by_refitting():
+    """Independent check of the closed form: refitting the local cubic without its centre
+    (np.polyfit on the other w - 1 points) and predicting the centre gives the same error
+    ordering; the window with the lowest refitted error is the one chosen."""
+    rng = np.random.default_rng(0)
+    t = 0.05 * np.arange(120)
+    y = np.stack([np.sin(3.0 * t), np.cos(1.3 * t)], -1)[None] + 0.01 * rng.normal(size=(1, 120, 2))
+    scale = y.reshape(-1, 2).std(0)
+    windows = (5, 7, 9, 11, 13, 15)
+    refit = {}
+    for w in windows:
+        h = w // 2
+        j = np.arange(-h, h + 1)
+        keep = j != 0
+        errs = []
+        for c in range(h, 120 - h):
+            seg = y[0, c - h : c + h + 1]
+            pred = [np.polyval(np.polyfit(j[keep], seg[keep, k], 3), 0.0) for k in range(2)]
+            errs.append(((seg[h] - np.array(pred)) / scale) ** 2)
+        refit[w] = float(np.mean(errs))
+    assert m.smoothing_window(y, windows) == min(refit, key=refit.get)
+
+
+def test_smoothing_window_is_wide_for_noisy_slow_motion_and_narrow_for_fast():
+    rng = np.random.default_rng(1)
+    t = 0.05 * np.arange(200)
+    slow = np.sin(1.0 * t)[None, :, None] + 0.01 * rng.normal(size=(1, 200, 1))
+    fast = np.sin(6.0 * t)[None, :, None] + 0.001 * rng.normal(size=(1, 200, 1))
+    assert m.smoothing_window(slow, (5, 7, 9, 11, 13, 15)) == 15
+    assert m.smoothing_window(fast, (5, 7, 9, 11, 13, 15)) == 5
+    # windows longer than the records are skipped
+    assert m.smoothing_window(slow[:, :9], (5, 7, 9, 11, 13, 15)) in (5, 7, 9)
+
+
+def test_the_derivative_stage_uses_and_records_the_window_chosen_from_the_data(ds):
+    recipe = m.recipes.ode_recipe(ds.n_train_steps, budget=200, context=C, eval_every=100)
+    assert recipe.stages[0].window_choices == (5, 7, 9, 11, 13, 15)
+    fixed = m.recipes.ode_recipe(ds.n_train_steps, budget=200, derivative_window=9)
+    assert fixed.stages[0].window == 9 and fixed.stages[0].window_choices is None
+    one = dataclasses.replace(recipe, stages=recipe.stages[:1])
+    _, res = one.fit(_node(), ds, key=jax.random.key(0))
+    chosen = m.smoothing_window(ds.train, (5, 7, 9, 11, 13, 15))
+    assert {r["window"] for r in res.history} == {chosen}
+    with pytest.raises(ValueError, match="odd"):
+        m.Stage("derivative", None, 15, 10, window_choices=(6,))
+
+
 # ------------------------------------------------------------------ fit: schedule, validation
 def test_schedule_equals_optax_warmup_cosine():
     """The schedule is written with array arguments (so compiled steps do not depend on them);
