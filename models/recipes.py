@@ -88,9 +88,9 @@ class Stage:
       stops (None: the stage runs its whole budget); `batch_size` and
       `eval_every` override the recipe's;
     - `window_choices`: odd window lengths from which the stage's window is chosen on the
-      training data when it starts (`smoothing_window`: the Savitzky-Golay window of lowest
-      leave-one-out error), instead of `window`; the choice is recorded in each of the
-      stage's records (`window`).
+      training data before training (`Recipe.for_data`, by `smoothing_window`: the
+      Savitzky-Golay window of lowest leave-one-out error), instead of `window`; the choice is
+      recorded in each of the stage's records (`window`).
     """
 
     name: str
@@ -210,8 +210,22 @@ class Recipe:
             )
             return [member], [records]
 
-        (model,), (result,) = self._stages([model], dataset, run_stage, checkpoint_dir, precision)
+        recipe = self.for_data(dataset)
+        (model,), (result,) = recipe._stages([model], dataset, run_stage, checkpoint_dir, precision)
         return model, result
+
+    def for_data(self, dataset) -> Recipe:
+        """The recipe with every window chosen from `dataset`'s training trajectories
+        (`Stage.window_choices`, by `smoothing_window`) fixed as that stage's `window`."""
+        stages = tuple(
+            s
+            if s.window_choices is None
+            else dataclasses.replace(
+                s, window=smoothing_window(dataset.train, s.window_choices), window_choices=None
+            )
+            for s in self.stages
+        )
+        return dataclasses.replace(self, stages=stages)
 
     def fit_members(
         self,
@@ -230,8 +244,8 @@ class Recipe:
         the recipe's `lr`), through the same stages, stopping rule and selection as `fit`,
         each stage one `models.fit_members` call; returns `(members, results)`, one
         `RecipeResult` per member, equal to what `fit` gives each alone (up to the rounding of
-        a batched program; a stage whose window is chosen from the data, `Stage.window_choices`,
-        chooses it on the first member's dataset for all). `train_seconds` and
+        a batched program; members whose data choose different windows, `Stage.window_choices`,
+        train as separate ensembles). `train_seconds` and
         `compile_seconds` of each are the ensemble's divided by the number of members.
         `strategy` as in `models.fit_ensemble`. Raises `models.TrainingDiverged` (naming the
         member) like `models.fit_members`."""
@@ -253,8 +267,31 @@ class Recipe:
                 strategy=strategy,
             )
 
-        first = datasets[0] if isinstance(datasets, (list, tuple)) else datasets
-        return self._stages(members, first, run_stage, checkpoint_dir, precision)
+        data = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets] * len(members)
+        # members whose data choose different windows (`Stage.window_choices`) train apart
+        groups: dict[tuple, list[int]] = {}
+        for j, d in enumerate(data):
+            groups.setdefault(self.for_data(d).stages, []).append(j)
+        if len(groups) > 1:
+            out_members, out_results = [None] * len(members), [None] * len(members)
+            for g, idx in enumerate(groups.values()):
+                got, results = self.for_data(data[idx[0]]).fit_members(
+                    [members[j] for j in idx],
+                    [data[j] for j in idx],
+                    keys=[keys[j] for j in idx],
+                    lrs=[lrs[j] for j in idx],
+                    checkpoint_dir=None
+                    if checkpoint_dir is None
+                    else Path(checkpoint_dir) / f"group{g}",
+                    progress=progress,
+                    precision=precision,
+                    strategy=strategy,
+                )
+                for j, member, result in zip(idx, got, results):
+                    out_members[j], out_results[j] = member, result
+            return out_members, out_results
+        recipe = self.for_data(data[0])
+        return recipe._stages(members, data[0], run_stage, checkpoint_dir, precision)
 
     def _stages(self, members, dataset, run_stage, checkpoint_dir, precision):
         """The stages in turn, `run_stage(i, stage, config, members, directory) -> (members,
@@ -268,8 +305,6 @@ class Recipe:
         seconds, compile_seconds = 0.0, 0.0
         for i, stage in enumerate(self.stages):
             window = n_states if stage.window is None else min(stage.window, n_states)
-            if stage.window_choices is not None:  # on the first member's data (see fit_members)
-                window = min(smoothing_window(dataset.train, stage.window_choices), n_states)
             cfg = TrainConfig(
                 steps=stage.steps,
                 batch_size=stage.batch_size or self.batch_size,
