@@ -143,15 +143,29 @@ def data_stats(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
+def _savgol_fit(window: int) -> np.ndarray:
+    """The rows of the least-squares fit of the polynomial of degree `min(window - 1, 3)`
+    (degree 2 for `window = 3`) to an odd `window` of samples at `j = -w//2, ..., w//2`: row `k`
+    holds the weights of its `k`-th Taylor coefficient at the centre."""
+    if not isinstance(window, (int, np.integer)) or window < 3 or window % 2 == 0:
+        raise ValueError(f"the derivative window must be an odd integer >= 3, got {window!r}")
+    half = window // 2
+    j = np.arange(-half, half + 1, dtype=np.float64)
+    order = 2 if window == 3 else min(window - 1, 3)
+    return np.linalg.pinv(np.vander(j, order + 1, increasing=True))
+
+
 def savgol_derivative_weights(window: int) -> np.ndarray:
     """Weights `c` of the Savitzky-Golay derivative at the centre of an odd `window`:
     `y'(t_c) ~ sum_j c_j y_{c+j} / dt`, the slope of the least-squares polynomial of degree
     `min(window - 1, 3)` (degree 2 for `window = 3`: the central difference
     `(y_{c+1} - y_{c-1}) / 2`; the 5-point stencil for `window = 5`; wider windows smooth
     noisy data). The weights sum to zero and `sum_j j c_j = 1`."""
-    if not isinstance(window, (int, np.integer)) or window < 3 or window % 2 == 0:
-        raise ValueError(f"the derivative window must be an odd integer >= 3, got {window!r}")
-    half = window // 2
-    j = np.arange(-half, half + 1, dtype=np.float64)
-    order = 2 if window == 3 else min(window - 1, 3)
-    return np.linalg.pinv(np.vander(j, order + 1, increasing=True))[1]
+    return _savgol_fit(window)[1]
+
+
+def savgol_value_weights(window: int) -> np.ndarray:
+    """Weights `h` of the Savitzky-Golay smoothed value at the centre of an odd `window`: the
+    value there of the least-squares polynomial `savgol_derivative_weights` differentiates
+    (`y(t_c) ~ sum_j h_j y_{c+j}`; the weights sum to one)."""
+    return _savgol_fit(window)[0]

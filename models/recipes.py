@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ._common import savgol_value_weights
 from .train import (
     Loss,
     TrainConfig,
@@ -268,14 +269,15 @@ class Recipe:
             )
 
         data = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets] * len(members)
+        resolved = [self.for_data(d) for d in data]
         # members whose data choose different windows (`Stage.window_choices`) train apart
         groups: dict[tuple, list[int]] = {}
-        for j, d in enumerate(data):
-            groups.setdefault(self.for_data(d).stages, []).append(j)
+        for j, r in enumerate(resolved):
+            groups.setdefault(r.stages, []).append(j)
         if len(groups) > 1:
             out_members, out_results = [None] * len(members), [None] * len(members)
             for g, idx in enumerate(groups.values()):
-                got, results = self.for_data(data[idx[0]]).fit_members(
+                got, results = resolved[idx[0]].fit_members(
                     [members[j] for j in idx],
                     [data[j] for j in idx],
                     keys=[keys[j] for j in idx],
@@ -290,8 +292,7 @@ class Recipe:
                 for j, member, result in zip(idx, got, results):
                     out_members[j], out_results[j] = member, result
             return out_members, out_results
-        recipe = self.for_data(data[0])
-        return recipe._stages(members, data[0], run_stage, checkpoint_dir, precision)
+        return resolved[0]._stages(members, data[0], run_stage, checkpoint_dir, precision)
 
     def _stages(self, members, dataset, run_stage, checkpoint_dir, precision):
         """The stages in turn, `run_stage(i, stage, config, members, directory) -> (members,
@@ -354,12 +355,13 @@ def smoothing_window(trajectories, windows: tuple[int, ...]) -> int:
     `(N, T, d)` has the lowest leave-one-out error.
 
     The smoother of window `w` (the local polynomial of degree `min(w - 1, 3)`, its value at
-    the centre: weights `h`) is linear, so the error of predicting each state `y_c` from its
-    neighbours alone is `(y_c - sum_j h_j y_(c+j)) / (1 - h_0)` without refitting
-    (cross-validation of a linear smoother). Its mean square, each coordinate in units of its
-    standard deviation, trades the noise a narrow window lets through against the bias a wide
-    one puts on fast motion: the derivative targets of the same window inherit both. Windows
-    longer than the trajectories are skipped (the shortest is used if all are)."""
+    the centre: weights `h`, `models._common.savgol_value_weights`) is linear, so the error
+    of predicting each state `y_c` from its neighbours alone is
+    `(y_c - sum_j h_j y_(c+j)) / (1 - h_0)` without refitting (cross-validation of a linear
+    smoother). Its mean square, each coordinate in units of its standard deviation, trades
+    the noise a narrow window lets through against the bias a wide one puts on fast motion:
+    the derivative targets of the same window inherit both. Windows longer than the
+    trajectories are skipped (the shortest is used if all are)."""
     y = np.asarray(trajectories, dtype=np.float64)
     if y.ndim != 3:
         raise ValueError(f"trajectories must have shape (N, T, d), got {y.shape}")
@@ -372,8 +374,7 @@ def smoothing_window(trajectories, windows: tuple[int, ...]) -> int:
     errors = {}
     for w in fits:
         half = w // 2
-        j = np.arange(-half, half + 1, dtype=np.float64)
-        h = np.linalg.pinv(np.vander(j, min(w - 1, 3) + 1, increasing=True))[0]
+        h = savgol_value_weights(w)
         smooth = sum(h[k] * y[:, k : t - w + 1 + k] for k in range(w))
         loo = (y[:, half : t - half] - smooth) / (1.0 - h[half])
         errors[w] = float(np.mean((loo / scale) ** 2))

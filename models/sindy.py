@@ -50,17 +50,8 @@ from jaxtyping import Array, ArrayLike, Float
 import dynamics
 
 from ._base import ODEModel
-from ._common import check_state_dim, savgol_derivative_weights
+from ._common import check_state_dim, savgol_derivative_weights, savgol_value_weights
 from .recipes import DEFAULT_DERIVATIVE_WINDOWS, DEFAULT_THRESHOLDS
-
-
-def _savgol_value_weights(window: int) -> np.ndarray:
-    """Weights of the Savitzky-Golay smoothed value at the centre of an odd `window`: the value
-    there of the least-squares polynomial of the degree `savgol_derivative_weights` uses."""
-    half = window // 2
-    j = np.arange(-half, half + 1, dtype=np.float64)
-    order = 2 if window == 3 else min(window - 1, 3)
-    return np.linalg.pinv(np.vander(j, order + 1, increasing=True))[0]
 
 
 def _monomial_name(indices: tuple[int, ...]) -> str:
@@ -116,7 +107,7 @@ def derivative_pairs(
         raise ValueError(f"dt must be a positive finite number, got {dt!r}")
     windows = np.lib.stride_tricks.sliding_window_view(x, window, axis=1)  # (N, M, d, w)
     c1 = savgol_derivative_weights(window)
-    c0 = _savgol_value_weights(window)
+    c0 = savgol_value_weights(window)
     states = np.einsum("nmdw,w->nmd", windows, c0)
     derivs = np.einsum("nmdw,w->nmd", windows, c1) / dt
     return list(states), list(derivs)
