@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 from ._base import ODEModel
 from ._common import MLP, Coordinates, Quadratic, check_state_dim, data_stats, own_transform
@@ -110,12 +110,11 @@ class CanonicalODEModel(ODEModel):
         """`ODEModel.trajectory_loss` on the windows mapped to canonical coordinates."""
         return super().trajectory_loss(self.to_model(windows))
 
-    def forecast(self, context: Float[ArrayLike, "C d"], n_steps: int) -> Float[Array, "n_steps d"]:
-        """`phi^{-1}` of the learned flow from `z_0 = phi(context[-1])`: `n_steps` states at
-        `dt, ..., n_steps dt` after the last context state, in observed coordinates."""
-        context = self._check_forecast(context, n_steps)
-        z0 = self.to_model(self.initial_state(context))
-        return self.to_observed(self.rollout(z0, int(n_steps)))
+    def forecast_from(self, y0: Float[Array, " d"], n_steps: int) -> Float[Array, "n_steps d"]:
+        """`phi^{-1}` of the learned flow from `z_0 = phi(y0)` (`y0` the last context state, in
+        observed coordinates): `n_steps` states at `dt, ..., n_steps dt`, in observed
+        coordinates."""
+        return self.to_observed(self.rollout(self.to_model(y0), int(n_steps)))
 
 
 class HNN(CanonicalODEModel):

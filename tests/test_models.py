@@ -543,3 +543,55 @@ def test_forecast_respects_a_longer_min_context():
     with pytest.raises(ValueError, match="at least 3 states, got 2"):
         model.forecast(jnp.zeros((2, DIM)), 5)
     assert model.forecast(jnp.zeros((3, DIM)), 2).shape == (2, DIM)
+
+
+# --------------------------------------------------------------------------- forecast Jacobians
+class _SmoothedStart(m.NeuralODE):
+    """A user's ODE model whose forecast starts from the mean of the last two context states:
+    the chain rule must carry `d initial_state / d context`, not only the last state."""
+
+    def initial_state(self, context):
+        return 0.5 * (context[-1] + context[-2])
+
+
+def _jacobian_cases():
+    dp = d.DoublePendulum(m1=1.3, m2=0.7, l1=1.1, l2=0.8)
+    chain = d.CoupledPendulums(omega=[1.0, 1.2, 0.9], coupling=d.chain_coupling(3, 0.3))
+    rngs = lambda: nnx.Rngs(0)  # noqa: E731
+    return [
+        ("neural_ode", chain, lambda: m.NeuralODE(6, width=16, depth=2, rngs=rngs())),
+        ("hnn_canonical", dp, lambda: m.HNN(4, width=16, depth=2, rngs=rngs())),
+        ("oscillators_k2", chain, lambda: m.OscillatorModel(6, k=2, rngs=rngs())),
+        ("smoothed_start", chain, lambda: _SmoothedStart(6, width=16, depth=2, rngs=rngs())),
+        ("lstm_default", chain, lambda: m.LSTM(6, hidden=8, rngs=rngs())),
+    ]
+
+
+@pytest.mark.parametrize("case", _jacobian_cases(), ids=lambda c: c[0])
+def test_forecast_jacobian_equals_differentiating_the_forecast(case):
+    """`model.forecast_jacobian(context, n)` (the ODE models' chain rule through the state they
+    start from, `d` tangents instead of `C d`) equals `jax.jacfwd` of `model.forecast` itself,
+    for a plain field, an HNN in canonical coordinates, a latent structured model, a user's
+    model whose start reads two context states, and the default (the LSTM)."""
+    _, system, build = case
+    ds = d.make_dataset(
+        system,
+        key=jax.random.key(3),
+        n_train=2,
+        n_val=0,
+        n_test=1,
+        dt=0.1,
+        t_train=1.0,
+        t_end=2.0,
+    )
+    model = build()
+    model.prepare(ds)
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: x.astype(jnp.float64), state)
+    model = nnx.merge(graphdef, state)
+    context = jnp.asarray(ds.test[0, :5], jnp.float64)
+    got = jax.jit(lambda c: model.forecast_jacobian(c, 7))(context)
+    want = jax.jacfwd(lambda c: model.forecast(c, 7))(context)
+    assert got.shape == (7, system.state_dim, 5, system.state_dim)
+    assert float(jnp.abs(want).max()) > 1e-3  # a Jacobian worth comparing
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
