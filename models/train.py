@@ -483,11 +483,23 @@ def _build_evaluate(graphdef, has_val: bool, val_context: int | None, loss: Loss
 
 
 # --------------------------------------------------------------------------- checkpoints
-class _Checkpoints:
-    """Orbax checkpoints of the training state, plus a JSON-lines log and the run's fingerprint."""
+#: the default of `fit(checkpoint_every=)`: at most one checkpoint per this many seconds
+CHECKPOINT_SECONDS = 30.0
 
-    def __init__(self, directory, fingerprint: dict):
+
+class _Checkpoints:
+    """Orbax checkpoints of the training state, plus a JSON-lines log and the run's fingerprint.
+
+    `save` logs every chunk but checkpoints only once `every` seconds have passed since the
+    last checkpoint (or the start), and always after the last chunk: an orbax save of a small
+    training state costs 50 to 100 ms of CPU, more than a chunk of 500 derivative steps of a
+    width-128 MLP (measured: 40 checkpoints added 4.0 s to a 1.75 s fit)."""
+
+    def __init__(self, directory, fingerprint: dict, every: float = CHECKPOINT_SECONDS):
         import orbax.checkpoint as ocp
+
+        self.every = float(every)
+        self._last = time.monotonic()
 
         self.dir = Path(directory).absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -549,11 +561,15 @@ class _Checkpoints:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
         tmp.replace(self.log)
 
-    def save(self, chunk: int, state, record: dict):
+    def save(self, chunk: int, state, record: dict, *, final: bool = True):
+        """Logs `record`; checkpoints `state` if `final` (the last chunk of the run) or `every`
+        seconds have passed since the last checkpoint."""
         # The log line first: a run killed before the checkpoint lands leaves a record that
         # `restore` drops (its chunk is past the latest step), never a checkpoint without one.
         with open(self.log, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if not final and time.monotonic() - self._last < self.every:
+            return
         leaves = jax.tree.leaves(state)
         if jax.process_count() > 1:  # host-local arrays: saved as NumPy by this process alone
             leaves = [np.asarray(x) for x in leaves]
@@ -561,6 +577,7 @@ class _Checkpoints:
             chunk, args=self._ocp.args.StandardSave({str(i): x for i, x in enumerate(leaves)})
         )
         self.mngr.wait_until_finished()
+        self._last = time.monotonic()
 
     def close(self):
         self.mngr.close()
@@ -599,6 +616,7 @@ def _run(
     strategy,
     desc,
     lrs=None,
+    checkpoint_every: float = CHECKPOINT_SECONDS,
 ):
     """Trains `len(models)` members at once; returns the trained models and their histories.
 
@@ -703,7 +721,7 @@ def _run(
             fingerprint["optimizer"] = "custom"
         if lrs is not None:
             fingerprint["lrs"] = [float(x) for x in lrs]
-        ckpt = _Checkpoints(checkpoint_dir, fingerprint)
+        ckpt = _Checkpoints(checkpoint_dir, fingerprint, checkpoint_every)
         restored, history = ckpt.restore(state)
         if restored is not None:
             state, start_chunk = restored
@@ -745,7 +763,8 @@ def _run(
             }
             history.append(rec)
             if ckpt is not None:
-                ckpt.save(c + 1, state, rec)
+                final = c == n_chunks - 1 or bool(jnp.all(state["stopped"] | state["diverged"]))
+                ckpt.save(c + 1, state, rec, final=final)
             elif log_path is not None:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -879,6 +898,7 @@ def fit(
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     log_path: str | os.PathLike | None = None,
+    checkpoint_every: float = CHECKPOINT_SECONDS,
     **overrides,
 ):
     """Trains `model` on `dataset`; returns `(model, history)`.
@@ -918,13 +938,18 @@ def fit(
       draw their own samples (fresh random states every step, say). Validation
       calls it on the validation windows with one fixed key. The default is
       `model.loss(batch)`.
-    - `checkpoint_dir`: orbax checkpoints after every chunk and a JSON-lines
-      log, beside `run.json`, which records the configuration (and the loss's
+    - `checkpoint_dir`: orbax checkpoints and a JSON-lines log of every chunk,
+      beside `run.json`, which records the configuration (and the loss's
       name and whether the optimizer is custom). A rerun with the same
       arguments resumes and ends with the same parameters as an uninterrupted
       run; one with a different configuration is refused. The parameters of a
       custom loss or optimizer are not recorded: change them only with a fresh
       directory.
+    - `checkpoint_every`: at most one checkpoint per this many seconds of wall
+      time (default `CHECKPOINT_SECONDS`, 30), and one after the last chunk, so
+      an interruption loses at most that much training and a finished run
+      restores at once; 0 checkpoints every chunk. Not part of the
+      configuration: the parameters do not depend on it.
     - `progress`: show a progress bar; `log_path`: a JSON-lines log without checkpoints.
 
     **Returns:** the trained model (updated in place) and a list of records
@@ -955,6 +980,7 @@ def fit(
         log_path=log_path,
         strategy="single",
         desc=type(model).__name__,
+        checkpoint_every=checkpoint_every,
     )
     if diverged[0]:
         raise TrainingDiverged(int(state["diverged_step"][0]), float(state["last_loss"][0]), model)
@@ -973,6 +999,7 @@ def fit_ensemble(
     strategy: Literal["vmap", "map"] | None = None,
     progress: bool = True,
     lrs: Sequence[float] | None = None,
+    checkpoint_every: float = CHECKPOINT_SECONDS,
     **overrides,
 ):
     """Trains one member per key in one compiled program; returns `(ensemble, histories)`.
@@ -1005,6 +1032,7 @@ def fit_ensemble(
         strategy=strategy,
         progress=progress,
         lrs=lrs,
+        checkpoint_every=checkpoint_every,
         **overrides,
     )
 
@@ -1021,12 +1049,13 @@ def fit_members(
     strategy: Literal["vmap", "map"] | None = None,
     progress: bool = True,
     lrs: Sequence[float] | None = None,
+    checkpoint_every: float = CHECKPOINT_SECONDS,
     **overrides,
 ):
     """Trains the given models (one architecture) as one ensemble, member `i` with `keys[i]`,
     exactly as `fit(members[i], ..., key=keys[i])` would; updates them in place and returns
-    `(members, histories)`. `strategy`, `config`, `optimizer`, `loss`, `checkpoint_dir` and
-    `**overrides` as in `fit_ensemble` and `fit`.
+    `(members, histories)`. `strategy`, `config`, `optimizer`, `loss`, `checkpoint_dir`,
+    `checkpoint_every` and `**overrides` as in `fit_ensemble` and `fit`.
 
     - `dataset`: one dataset for every member, or a sequence of datasets, one per member (each
       member trains and validates on its own: the seeds of a study, whose data differ too).
@@ -1079,6 +1108,7 @@ def fit_members(
         strategy=strategy,
         desc=f"ensemble of {len(members)}",
         lrs=lrs,
+        checkpoint_every=checkpoint_every,
     )
     histories = [_history_of(history, i) for i in range(len(members))]
     if diverged.any():

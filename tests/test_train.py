@@ -137,7 +137,9 @@ SCRIPT = textwrap.dedent(
     ds = d.Dataset.load(cfg["data"])
     key = jax.random.key(cfg["seed"])
     model = m.NeuralODE(ds.state_dim, **cfg["arch"], rngs=nnx.Rngs(key))
-    model, history = m.fit(model, ds, key=key, checkpoint_dir=cfg["ckpt"], **cfg["fit"])
+    model, history = m.fit(
+        model, ds, key=key, checkpoint_dir=cfg["ckpt"], checkpoint_every=0.0, **cfg["fit"]
+    )
     leaves = jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]
     np.savez(cfg["out"], **{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves})
     with open(cfg["out"] + ".json", "w") as f:
@@ -221,6 +223,51 @@ def test_rerun_of_a_finished_run_restores_it(ds, resumed):
     model, history = fit_one(ds, SEEDS[0], checkpoint_dir=resumed["ckpt"])
     assert_same_params(params_of(model), resumed["params"])
     assert curve(history) == curve(resumed["history"])
+
+
+def test_throttled_checkpoints_keep_the_last_chunk_and_a_rerun_restores_it(
+    ds, solo, workdir, monkeypatch
+):
+    """With `checkpoint_every` longer than the run, only the last chunk is checkpointed (the
+    log still has every chunk), the result equals the run without checkpoints, and a rerun
+    restores it without a training step; a run interrupted before its first checkpoint
+    starts again from scratch and still ends where the uninterrupted run does."""
+    ckpt = workdir / "ckpt_throttled"
+    model, history = fit_one(ds, SEEDS[0], checkpoint_dir=ckpt, checkpoint_every=1e9)
+    assert _saved_steps(ckpt) == [N_CHUNKS]
+    records = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines()]
+    assert [r["chunk"] for r in records] == list(range(1, N_CHUNKS + 1))
+    assert_same_params(params_of(model), solo[0][0])
+    assert curve(history) == curve(solo[0][1])
+
+    def no_training(*args, **kwargs):
+        def chunk(*a, **k):
+            raise AssertionError("a finished run was trained again")
+
+        return chunk
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_mod, "_compiled_chunk", no_training)
+        rerun, rerun_history = fit_one(ds, SEEDS[0], checkpoint_dir=ckpt, checkpoint_every=1e9)
+    assert_same_params(params_of(rerun), solo[0][0])
+    assert curve(rerun_history) == curve(solo[0][1])
+
+    cut = workdir / "ckpt_throttled_cut"
+    original_save = train_mod._Checkpoints.save
+
+    def interrupted_save(self, chunk, state, record, **kw):
+        original_save(self, chunk, state, record, **kw)
+        if chunk == 3:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_mod._Checkpoints, "save", interrupted_save)
+        with pytest.raises(KeyboardInterrupt):
+            fit_one(ds, SEEDS[0], checkpoint_dir=cut, checkpoint_every=1e9)
+    assert _saved_steps(cut) == []
+    resumed, resumed_history = fit_one(ds, SEEDS[0], checkpoint_dir=cut, checkpoint_every=1e9)
+    assert_same_params(params_of(resumed), solo[0][0])
+    assert curve(resumed_history) == curve(solo[0][1])
 
 
 @pytest.mark.parametrize(
@@ -658,17 +705,19 @@ def test_resumed_fit_with_custom_loss_and_optimizer_equals_uninterrupted(ds, wor
     saves = []
     original_save = train_mod._Checkpoints.save
 
-    def interrupted_save(self, chunk, state, record):
-        original_save(self, chunk, state, record)
+    def interrupted_save(self, chunk, state, record, **kw):
+        original_save(self, chunk, state, record, **kw)
         saves.append(chunk)
         if chunk == 4:
             raise KeyboardInterrupt  # as if killed right after the fourth checkpoint
 
     monkeypatch.setattr(train_mod._Checkpoints, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        m.fit(make_model(nnx.Rngs(key)), ds, checkpoint_dir=ckpt, **kw)
+        m.fit(make_model(nnx.Rngs(key)), ds, checkpoint_dir=ckpt, checkpoint_every=0.0, **kw)
     assert saves == [1, 2, 3, 4]
-    resumed, history = m.fit(make_model(nnx.Rngs(key)), ds, checkpoint_dir=ckpt, **kw)
+    resumed, history = m.fit(
+        make_model(nnx.Rngs(key)), ds, checkpoint_dir=ckpt, checkpoint_every=0.0, **kw
+    )
     assert saves == list(range(1, N_CHUNKS + 1))  # the rerun started at chunk 5
     assert_same_params(params_of(resumed), params_of(whole))
     assert curve(history) == curve(whole_history)
