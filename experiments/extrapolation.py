@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -173,6 +174,21 @@ def n_params(model) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
+@functools.cache
+def _forecaster():
+    """`run(graphdef, state, contexts, n_steps)`, jitted once per process: its compiled
+    programs are keyed by the architecture (`graphdef`), the shapes and `n_steps`, so the
+    splits of one run and the runs of one architecture share them."""
+    import jax
+    from flax import nnx
+
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def run(graphdef, state, ctx, n_steps):
+        return jax.vmap(lambda c: nnx.merge(graphdef, state).forecast(c, n_steps))(ctx)
+
+    return run
+
+
 def batch_forecast(model, contexts: np.ndarray, n_steps: int) -> np.ndarray:
     """Forecasts from every context `(N, C, d)` at once (one compiled, vmapped call)."""
     import jax
@@ -181,12 +197,8 @@ def batch_forecast(model, contexts: np.ndarray, n_steps: int) -> np.ndarray:
 
     graphdef, state = nnx.split(model)
     dtype = jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype
-
-    @jax.jit
-    def run(state, ctx):
-        return jax.vmap(lambda c: nnx.merge(graphdef, state).forecast(c, n_steps))(ctx)
-
-    return np.asarray(run(state, jnp.asarray(contexts, dtype)), dtype=np.float64)
+    out = _forecaster()(graphdef, state, jnp.asarray(contexts, dtype), int(n_steps))
+    return np.asarray(out, dtype=np.float64)
 
 
 def save_model(model, path: Path) -> None:
