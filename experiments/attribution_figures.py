@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from . import metrics  # noqa: E402
 from .runs import Output  # noqa: E402
 
 
@@ -23,13 +24,20 @@ def _read(path: Path) -> list[dict]:
 
 
 def _records(out: Output):
-    """`(record, maps, probe arrays)` of every attributed run (largest n_train first is not
-    implied: in the runs' directory order)."""
+    """`(record, maps, probe arrays)` of every attributed run of the first seed attributed (the
+    maps and spectra drawn are one seed's; the bar figures and `attribution_summary.md` have
+    every seed), in the runs' directory order."""
+    found = []
     for result in out.results():
         rec_path = result.with_name("attribution.json")
-        if not rec_path.exists():
+        if rec_path.exists():
+            found.append((result, json.loads(rec_path.read_text())))
+    if not found:
+        return
+    first = min(int(rec.get("seed", 0)) for _, rec in found)
+    for result, rec in found:
+        if int(rec.get("seed", 0)) != first:
             continue
-        rec = json.loads(rec_path.read_text())
         npz, probes = result.with_name("attribution.npz"), result.with_name("probes.npz")
         maps = dict(np.load(npz)) if npz.exists() else {}
         yield rec, maps, (dict(np.load(probes)) if probes.exists() else {})
@@ -61,32 +69,55 @@ def lag_maps(out: Output, path: Path):
     return path
 
 
+def _mean_ci(rows, value: str, **match) -> tuple[float, float]:
+    """Mean and 95% half-width over the seeds of `value` in the rows matching `match`."""
+    picked = [r for r in rows if all(str(r[k]) == str(v) for k, v in match.items())]
+    return metrics.mean_ci(
+        [float(r[value]) if r.get(value) not in (None, "") else np.nan for r in picked]
+    )
+
+
 def coupling_recovery(out: Output, path: Path):
-    rows = _read(out.attribution_csv)
+    """Coupling-graph AUROC of each model's attributions, one panel per n_train: the mean over
+    the seeds, with the 95% interval as an error bar."""
+    rows = [r for r in _read(out.attribution_csv) if r.get("method") not in (None, "", "-")]
     if not rows:
         return None
     labels = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
-    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(labels)), 4.5))
+    n_trains = sorted({int(r["n_train"]) for r in rows})
+    fig, axes = plt.subplots(
+        len(n_trains),
+        1,
+        figsize=(max(7, 0.5 * len(labels)), 3.6 * len(n_trains) + 1.0),
+        squeeze=False,
+    )
     x = np.arange(len(labels))
-    for j, split in enumerate(("inside", "beyond")):
-        vals = [
-            next(
-                (
-                    float(r["coupling_auroc"])
-                    for r in rows
-                    if (r["model"], r["method"]) == lab and r["split"] == split
-                ),
-                np.nan,
+    for ax, n_train in zip(axes[:, 0], n_trains):
+        seeds = len({r["seed"] for r in rows if int(r["n_train"]) == n_train})
+        for j, split in enumerate(("inside", "beyond")):
+            stats = [
+                _mean_ci(rows, "coupling_auroc", model=m, method=meth, split=split, n_train=n_train)
+                for m, meth in labels
+            ]
+            mean, half = np.array(stats).T
+            ax.bar(
+                x + (j - 0.5) * 0.4,
+                mean,
+                0.4,
+                yerr=np.where(np.isfinite(half), half, 0.0),
+                capsize=2,
+                label=f"{split} the training window",
             )
-            for lab in labels
-        ]
-        ax.bar(x + (j - 0.5) * 0.4, vals, 0.4, label=f"{split} the training window")
-    ax.axhline(0.5, color="0.5", ls=":", lw=1)
-    ax.set_xticks(x, [f"{m}\n{meth}" for m, meth in labels], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("coupling-graph AUROC")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, frameon=False)
-    ax.set_title("Recovering the true coupling graph from each model's attributions")
+        ax.axhline(0.5, color="0.5", ls=":", lw=1)
+        ax.set_ylabel("coupling-graph AUROC")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"n_train = {n_train}: mean over {seeds} seed(s), 95% interval", fontsize=9)
+        ax.set_xticks(x, [] if ax is not axes[-1, 0] else [f"{m}\n{meth}" for m, meth in labels])
+    axes[-1, 0].tick_params(axis="x", labelrotation=60, labelsize=7)
+    for label in axes[-1, 0].get_xticklabels():
+        label.set_ha("right")
+    axes[0, 0].legend(fontsize=8, frameon=False)
+    fig.suptitle("Recovering the true coupling graph from each model's attributions")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -119,32 +150,39 @@ def auroc_by_horizon(out: Output, path: Path):
 
 
 def probes(out: Output, path: Path):
+    """The LSTM's linear probes (the first model probed inside and beyond the window, at its
+    largest n_train): the mean R² over the seeds with the 95% interval as an error bar."""
     rows = [r for r in _read(out.probes_csv) if r["split"] in ("inside", "beyond")]
     if not rows:
         return None
+    model = rows[0]["model"]
+    n_train = max(int(r["n_train"]) for r in rows if r["model"] == model)
+    rows = [r for r in rows if r["model"] == model and int(r["n_train"]) == n_train]
+    seeds = len({r["seed"] for r in rows})
     quantities = list(dict.fromkeys(r["quantity"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(quantities)), 4.5))
     x = np.arange(len(quantities))
     for j, (split, key) in enumerate(
         (("inside", "r2"), ("beyond", "r2"), ("inside", "control_r2"))
     ):
-        vals = [
-            next(
-                (float(r[key]) for r in rows if r["quantity"] == q and r["split"] == split), np.nan
-            )
-            for q in quantities
-        ]
+        mean, half = np.array([_mean_ci(rows, key, quantity=q, split=split) for q in quantities]).T
         ax.bar(
             x + (j - 1) * 0.27,
-            np.clip(vals, -0.2, 1),
+            np.clip(mean, -0.2, 1),
             0.27,
+            yerr=np.where(np.isfinite(half), half, 0.0),
+            capsize=2,
             label=(
                 f"{'random-network control' if key == 'control_r2' else 'trained LSTM'} ({split})"
             ),
         )
     ax.set_xticks(x, quantities, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("probe R² (clipped at −0.2)")
-    ax.set_title("Linear probes of the LSTM's hidden state")
+    ax.set_title(
+        f"Linear probes of the {model}'s hidden state (n_train = {n_train}; "
+        f"mean over {seeds} seed(s), 95% interval)",
+        fontsize=9,
+    )
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

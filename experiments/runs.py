@@ -124,6 +124,10 @@ class Output:
         return self.root / "probes.csv"
 
     @property
+    def attribution_summary(self) -> Path:
+        return self.root / "attribution_summary.md"
+
+    @property
     def figures(self) -> Path:
         return Path(self.figures_dir) if self.figures_dir is not None else self.root / "figures"
 

@@ -45,7 +45,7 @@ def main(argv=None) -> None:
     output = Output(args.out or Path("results") / preset.name, args.figures)
     workers = default_workers() if args.workers is None else args.workers
     t0 = time.perf_counter()
-    # each worker attributes the runs it trained (first seed), while the others still train
+    # each worker attributes the runs it trained, while the others still train
     rows = extrapolation.run(
         preset,
         output,

@@ -791,3 +791,27 @@ def test_lag_spread_on_constructed_saliencies():
     oldest[:, :, 0, :] = -2.0  # the sign does not matter
     np.testing.assert_allclose(lag_spread(oldest), (1.0, C - 1), rtol=1e-12)
     assert all(np.isnan(lag_spread(np.zeros((nh, D, C, D)))))
+
+
+def test_attribution_summary_gives_the_mean_and_interval_over_seeds():
+    """`experiments.attribution.summary_markdown`: three seeds of AUROC 0.5, 0.7, 0.9 give
+    0.7 ± t(0.975, 2) 0.2 / sqrt(3) = 0.7 ± 0.5; one seed gives its value without an interval;
+    rows that failed (method "-") are left out."""
+    from experiments.attribution import summary_markdown
+
+    base = dict(system="S", model="M", n_train=8, method="saliency", split="inside")
+    rows = [
+        dict(base, seed=s, coupling_auroc=a, jacobian_spearman=0.1 * s, older_lag_fraction=0.0,
+             mean_lag=0.0)
+        for s, a in enumerate((0.5, 0.7, 0.9))
+    ]  # fmt: skip
+    rows.append(dict(base, n_train=1, seed=0, coupling_auroc=0.25, jacobian_spearman=0.5))
+    rows.append(dict(base, method="-", seed=0, reason="ValueError: bad"))
+    probes = [dict(base | {"quantity": "energy"}, seed=s, r2=r, control_r2=0.0)
+              for s, r in enumerate((0.8, 0.9))]  # fmt: skip
+    text = summary_markdown(rows, probes)
+    half = scipy.stats.t.ppf(0.975, 2) * 0.2 / np.sqrt(3)
+    assert f"| S | M | 8 | saliency | inside | 3 | 0.7 ± {half:.2g} | 0.1 ± " in text
+    assert "| S | M | 1 | saliency | inside | 1 | 0.25 | 0.5 | - | - |" in text
+    assert "| 8 | - |" not in text and "bad" not in text
+    assert "| S | M | 8 | energy | inside | 2 | 0.85 ± " in text

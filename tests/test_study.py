@@ -230,6 +230,28 @@ def test_seeds_trained_as_one_ensemble_equal_seeds_trained_one_by_one(tmp_path):
     )
     assert sorted(p.stat().st_mtime_ns for p in out.results()) == stamps
     assert json.dumps(again, sort_keys=True) == json.dumps(rows[True], sort_keys=True)
+    # every seed is attributed, and the summary gives the interval over the two
+    attr = attribution.run(
+        dataclasses.replace(preset, attr_traj=1, attr_horizons=3, ig_steps=2), out, progress=False
+    )
+    assert {(r["model"], r["seed"]) for r in attr} == {
+        (r["model"], r["seed"]) for r in rows[True] if r["status"] == "ok"
+    }
+    with open(out.probes_csv) as f:
+        assert {int(r["seed"]) for r in csv.DictReader(f)} == {0, 1}
+    summary = out.attribution_summary.read_text()
+    row = next(
+        line
+        for line in summary.splitlines()
+        if "| saliency | inside | 2 |" in line and "LSTM" in line
+    )
+    vals = [
+        float(r["coupling_auroc"])
+        for r in attr
+        if (r["model"], r["method"], r["split"]) == ("LSTM", "saliency", "inside")
+    ]
+    assert len(vals) == 2
+    assert row.split("|")[7].strip().startswith(f"{np.mean(vals):.3g}")
 
 
 def test_a_stale_checkpoint_of_another_configuration_is_not_resumed(tmp_path, capsys):
