@@ -348,61 +348,46 @@ def run(preset: Preset, output: Output, *, progress: bool = True, workers: int =
     return rows
 
 
-def _over_seeds(rows, keys, values) -> list[tuple[tuple, int, list[tuple[float, float]]]]:
-    """`(group, n_seeds, [(mean, half-width) per value column])` for the rows grouped by
-    `keys`, in first-seen order (`metrics.mean_ci`: the 95% Student-t interval over seeds)."""
+def _table_over_seeds(rows: list[dict], keys: tuple, values: tuple) -> list[str]:
+    """A markdown table of `rows` grouped by `keys` (first-seen order): the number of seeds and,
+    for each of `values`, the mean ± half-width of the 95% Student-t interval over them
+    (`metrics.mean_ci`; no interval for one seed, `-` where there is no finite value). The rows
+    may be dicts of numbers or read back from the CSV files (strings, empty where missing)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-    return [
-        (
-            g,
-            len({r["seed"] for r in rs}),
-            [metrics.mean_ci([float(r.get(v, np.nan)) for r in rs]) for v in values],
-        )
-        for g, rs in groups.items()
+    lines = [
+        "| " + " | ".join(keys) + " | seeds | " + " | ".join(values) + " |",
+        "|" + "---|" * (len(keys) + 1 + len(values)),
     ]
-
-
-def _cell(m: float, h: float) -> str:
-    if not np.isfinite(m):
-        return "-"
-    return f"{m:.3g}" if not np.isfinite(h) else f"{m:.3g} ± {h:.2g}"
+    for group, rs in groups.items():
+        cells = []
+        for v in values:
+            m, h = metrics.mean_ci([np.nan if r.get(v) in (None, "") else float(r[v]) for r in rs])
+            cells.append(
+                "-"
+                if not np.isfinite(m)
+                else f"{m:.3g}" + (f" ± {h:.2g}" if np.isfinite(h) else "")
+            )
+        n_seeds = len({r["seed"] for r in rs})
+        lines.append(f"| {' | '.join(map(str, group))} | {n_seeds} | {' | '.join(cells)} |")
+    return lines
 
 
 def summary_markdown(rows: list[dict], probe_rows: list[dict]) -> str:
     """The attribution and probe scores of every system, model, n_train, method (quantity) and
     split: mean ± half-width of the 95% interval over the seeds attributed."""
-    values = ("coupling_auroc", "jacobian_spearman", "older_lag_fraction", "mean_lag")
-    keys = ("system", "model", "n_train", "method", "split")
-    lines = [
-        "| " + " | ".join(keys) + " | seeds | " + " | ".join(values) + " |",
-        "|" + "---|" * (len(keys) + 1 + len(values)),
-    ]
-    scored = [r for r in rows if r.get("method") not in (None, "-")]
-    for g, n, cells in _over_seeds(scored, keys, values):
-        lines.append(
-            "| "
-            + " | ".join(str(x) for x in g)
-            + f" | {n} | "
-            + " | ".join(_cell(*c) for c in cells)
-            + " |"
-        )
-    pkeys, pvalues = ("system", "model", "n_train", "quantity", "split"), ("r2", "control_r2")
-    probed = [r for r in probe_rows if r.get("quantity") not in (None, "-")]
-    lines += [
-        "",
-        "| " + " | ".join(pkeys) + " | seeds | " + " | ".join(pvalues) + " |",
-        "|" + "---|" * (len(pkeys) + 1 + len(pvalues)),
-    ]
-    for g, n, cells in _over_seeds(probed, pkeys, pvalues):
-        lines.append(
-            "| "
-            + " | ".join(str(x) for x in g)
-            + f" | {n} | "
-            + " | ".join(_cell(*c) for c in cells)
-            + " |"
-        )
+    keys = ("system", "model", "n_train")
+    lines = _table_over_seeds(
+        [r for r in rows if r.get("method") not in (None, "-")],
+        (*keys, "method", "split"),
+        ("coupling_auroc", "jacobian_spearman", "older_lag_fraction", "mean_lag"),
+    )
+    lines += [""] + _table_over_seeds(
+        [r for r in probe_rows if r.get("quantity") not in (None, "-")],
+        (*keys, "quantity", "split"),
+        ("r2", "control_r2"),
+    )
     lines += [
         "",
         "Mean ± half-width of the 95% Student-t interval over the seeds (no interval for one "

@@ -11,6 +11,7 @@ configuration is unchanged and resumes interrupted ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def main(argv=None) -> None:
         then=attribution.attribute_run if args.attribution else None,
     )
     timings = {"runs_seconds": time.perf_counter() - t0, "workers": workers}
+    # the runs' own training and compilation (their recipes; pilots, scoring and attribution
+    # not included), summed over the runs of this invocation and any reused
+    for column in ("train_seconds", "compile_seconds"):
+        timings[f"{column}_sum"] = float(
+            sum(r[column] for r in rows if r["status"] == "ok" and math.isfinite(r[column]))
+        )
     if args.attribution:
         t1 = time.perf_counter()
         try:  # collects the attributions made above (and makes any that are missing)

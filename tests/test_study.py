@@ -448,6 +448,9 @@ def test_whole_study_writes_attribution_and_probes_under_out(tmp_path):
     )
     assert {p: p.stat().st_mtime_ns for p in (ROOT / "figures").rglob("*.png")} == readme_figures
     figs = out / "figures"
+    timings = json.loads((out / "timings.json").read_text())
+    # the runs' compilation is its own share of their time, both measured
+    assert 0 < timings["compile_seconds_sum"] and 0 < timings["train_seconds_sum"]
     with open(out / "attribution.csv") as f:
         attr = list(csv.DictReader(f))
     for col in (
