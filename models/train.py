@@ -735,8 +735,10 @@ def _run(
     t0 = time.perf_counter()
     timer = _CompileTimer()
     try:
+        # every member stopped or diverged (a restored run may already be)
+        finished = bool(jnp.all(state["stopped"] | state["diverged"]))
         for c in range(start_chunk, n_chunks):
-            if bool(jnp.all(state["stopped"] | state["diverged"])):
+            if finished:
                 break
             n_steps = min(cfg.eval_every, cfg.steps - c * cfg.eval_every)
             with timer:
@@ -744,6 +746,7 @@ def _run(
                 state, loss_value = train_fn(state, rest, key_data, train, n_steps)
                 state, val = eval_fn(state, rest, key_data, was_active, val_batch)
                 loss_value, val = np.asarray(loss_value), np.asarray(val)
+            finished = bool(jnp.all(state["stopped"] | state["diverged"]))
             patience_fired = (
                 np.asarray(state["bad_evals"]) >= cfg.patience
                 if cfg.patience is not None and has_val
@@ -763,8 +766,7 @@ def _run(
             }
             history.append(rec)
             if ckpt is not None:
-                final = c == n_chunks - 1 or bool(jnp.all(state["stopped"] | state["diverged"]))
-                ckpt.save(c + 1, state, rec, final=final)
+                ckpt.save(c + 1, state, rec, final=finished or c == n_chunks - 1)
             elif log_path is not None:
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
