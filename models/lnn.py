@@ -137,12 +137,19 @@ class LNN(ODEModel):
         n = self.n
         s_q, s_v = self.std[:n], self.std[n:]
         u, v = self._normalise(q, qdot)
-        grad_u = jax.grad(self._normalised_lagrangian, argnums=0)(u, v)
-        # d/du_j and d/dv_j of dL/dv_i in one forward pass
-        mixed, hess = jax.jacfwd(jax.grad(self._normalised_lagrangian, argnums=1), argnums=(0, 1))(
-            u, v
-        )
-        rhs = (s_v / s_q) * grad_u - mixed @ (qdot / s_q)
+        x = qdot / s_q
+        grad = jax.grad(self._normalised_lagrangian, argnums=(0, 1))
+
+        def push(du, dv):
+            return jax.jvp(grad, (u, v), (du, dv))
+
+        # one reverse pass for (dL/du, dL/dv) and n + 1 tangents through it: along (x, 0) the
+        # change of dL/dv is `M x`, along (0, e_i) it is `H e_i` (not the 2n of the full Hessian)
+        du = jnp.concatenate([x[None], jnp.zeros((n, n), x.dtype)])
+        dv = jnp.concatenate([jnp.zeros((1, n), x.dtype), jnp.eye(n, dtype=x.dtype)])
+        (grad_u, _), (_, d_grad_v) = jax.vmap(push, out_axes=((None, None), (0, 0)))(du, dv)
+        hess = d_grad_v[1:]
+        rhs = (s_v / s_q) * grad_u - d_grad_v[0]
         return s_v * (_tikhonov_inverse(0.5 * (hess + hess.T), self.eps) @ rhs)
 
     def recipe(self, n_train_steps: int, *, budget: int, **recipe_kwargs):

@@ -1,4 +1,5 @@
-"""A small causal (decoder-only) Transformer over a sliding window of the last states."""
+"""A small causal (decoder-only) Transformer with sliding-window attention and a key/value
+cache."""
 
 from __future__ import annotations
 
@@ -11,73 +12,111 @@ from jaxtyping import Array, Float
 from ._autoregressive import AutoregressiveModel, check_rollout
 from ._common import check_state_dim, lift
 
+#: the relative-position encodings `Transformer` accepts
+POSITIONAL = ("learned", "alibi")
 
-def _sinusoidal(length: int, d_model: int) -> np.ndarray:
-    """`P[p, 2i] = sin(p / 10000^(2i/D))`, `P[p, 2i+1] = cos(p / 10000^(2i/D))` (Vaswani et al.
-    2017), shape `(length, D)`."""
-    pos = np.arange(length)[:, None]
-    freq = 10000.0 ** (-np.arange(0, d_model, 2) / d_model)
-    out = np.zeros((length, d_model))
-    out[:, 0::2] = np.sin(pos * freq)
-    out[:, 1::2] = np.cos(pos * freq)[:, : d_model // 2]
-    return out
+
+def _alibi_slopes(heads: int) -> np.ndarray:
+    """ALiBi's head slopes `m_h = 2^(-8 (h + 1) / H)` (Press et al. 2022)."""
+    return 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads)
+
+
+class _Attention(nnx.Module):
+    r"""Multi-head self-attention over a sliding window of `W` positions with a relative
+    position bias: the query at position `t` attends to the keys at `t - W + 1 .. t` that have
+    been read, with scores `q_t . k_s / sqrt(D_h) + b_h(t - s)`; `b_h` is learned per head and
+    distance (`positional="learned"`, zero at initialisation, as T5's bias without buckets) or
+    ALiBi's `-m_h (t - s)`. Keys and values of earlier positions do not depend on where the
+    window ends, so they are cached: a new position costs one projection."""
+
+    def __init__(self, d_model: int, heads: int, window: int, positional: str, *, rngs):
+        self.heads, self.window = heads, window
+        self.qkv = nnx.Linear(d_model, 3 * d_model, rngs=rngs)
+        self.out = nnx.Linear(d_model, d_model, rngs=rngs)
+        if positional == "learned":
+            self.bias = nnx.Param(jnp.zeros((heads, window)))
+        else:
+            self.bias = None
+            self.slopes = tuple(float(m) for m in _alibi_slopes(heads))
+
+    def _bias(self, dtype) -> Float[Array, "H W"]:
+        if self.bias is not None:
+            return self.bias[...].astype(dtype)
+        return jnp.asarray(-np.asarray(self.slopes)[:, None] * np.arange(self.window), dtype)
+
+    def __call__(self, h, keys, values, valid):
+        """`h (T, D)` the new positions' normalised inputs, `keys`, `values` `(W - 1, H, D_h)`
+        and `valid (W - 1,)` the cache of the positions before them (oldest first; invalid
+        entries were never read). Returns the output `(T, D)` and the cache after the last
+        new position."""
+        t, d = h.shape
+        heads, w = self.heads, self.window
+        q, k, v = jnp.split(self.qkv(h).reshape(t, heads, 3 * (d // heads)), 3, axis=-1)
+        k_all = jnp.concatenate([keys.astype(k.dtype), k])
+        v_all = jnp.concatenate([values.astype(v.dtype), v])
+        seen = jnp.concatenate([valid, jnp.ones(t, bool)])
+        dist = (np.arange(t)[:, None] + w - 1) - np.arange(t + w - 1)[None, :]  # (T, W - 1 + T)
+        allowed = jnp.asarray((dist >= 0) & (dist < w)) & seen[None, :]
+        scores = jnp.einsum("thd,shd->hts", q, k_all) / np.sqrt(d // heads)
+        scores = scores + self._bias(scores.dtype)[:, np.clip(dist, 0, w - 1)]
+        attn = jax.nn.softmax(jnp.where(allowed[None], scores, -jnp.inf), axis=-1)
+        out = self.out(jnp.einsum("hts,shd->thd", attn, v_all).reshape(t, d))
+        keep = k_all.shape[0] - (w - 1)
+        return out, k_all[keep:], v_all[keep:], seen[keep:]
 
 
 class _Block(nnx.Module):
-    """A pre-layer-norm decoder block: `x <- x + MHA(LN(x))` under a causal mask (position `j`
-    attends to positions `<= j`), then `x <- x + W_2 gelu(W_1 LN(x) + b_1) + b_2`."""
+    """A pre-layer-norm decoder block: `x <- x + MHA(LN(x))` (sliding-window attention,
+    `_Attention`), then `x <- x + W_2 gelu(W_1 LN(x) + b_1) + b_2`."""
 
-    def __init__(self, d_model: int, heads: int, mlp: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_model: int, heads: int, mlp: int, window: int, positional: str, *, rngs):
         self.ln1 = nnx.LayerNorm(d_model, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=heads, in_features=d_model, decode=False, keep_rngs=False, rngs=rngs
-        )
+        self.attn = _Attention(d_model, heads, window, positional, rngs=rngs)
         self.ln2 = nnx.LayerNorm(d_model, rngs=rngs)
         self.fc1 = nnx.Linear(d_model, mlp, rngs=rngs)
         self.fc2 = nnx.Linear(mlp, d_model, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "L D"], *, last_only: bool = False) -> Float[Array, "_ D"]:
-        """`x (L, D)`; with `last_only`, only the last position's output `(1, D)` (its query
-        attends to every key, which the causal mask allows it anyway)."""
-        h = self.ln1(x)
-        if last_only:
-            x = x[-1:] + self.attn(h[-1:], h, h)
-        else:
-            x = x + self.attn(h, mask=nnx.make_causal_mask(jnp.arange(x.shape[0])))
-        return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
+    def __call__(self, x, keys, values, valid):
+        a, keys, values, valid = self.attn(self.ln1(x), keys, values, valid)
+        x = x + a
+        return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x)))), keys, values, valid
 
 
 class Transformer(AutoregressiveModel):
-    r"""A causal (decoder-only) Transformer over the last `W = context` normalised states
-    `z = (y - m) / s`, predicting the increment.
+    r"""A causal (decoder-only) Transformer with sliding-window attention over normalised
+    states `z = (y - m) / s`, predicting the increment.
 
-    For a window `z_{t-L+1}, ..., z_t` (`L <= W`, oldest first, at positions `0..L-1`):
-    `x_j = W_e z_j + b_e + P_j` (a linear embedding of each state and a learned or
-    sinusoidal positional embedding `P`, `(W, d_model)`), `layers` pre-layer-norm blocks of
-    causal multi-head self-attention (`heads` heads) and an MLP of `mlp` GELU units
-    (`_Block`), whose residual stream at the last position is the feature vector `h_t`, and
-    the residual readout `z_{t+1} = z_t + W_out h_t + b_out` (`W_out` starts at zero: the
-    untrained model predicts persistence). There is no final layer norm before the readout:
-    it would make `h_t` nearly invariant to the scale of the states, and the increment of an
-    oscillator is proportional to its amplitude; through the residual stream the readout
-    holds a linear map of the last state, `W_out W_e z_t`, plus the blocks' corrections.
+    Each state read is a position: `x_t = W_e z_t + b_e`, then `layers` pre-layer-norm
+    blocks (`_Block`) of multi-head self-attention (`heads` heads) in which position `t`
+    attends to the positions `t - W + 1 .. t` (`W = context`) with a relative position bias
+    (`positional`: a bias learned per head and distance, or ALiBi's fixed slopes; see
+    `_Attention`), and an MLP of `mlp` GELU units. The residual stream at position `t`
+    after the last block is the feature vector `h_t`, and the residual readout predicts
+    `z_{t+1} = z_t + W_out h_t + b_out` (`W_out` starts at zero: the untrained model predicts
+    persistence). There is no final layer norm before the readout: it would make `h_t` nearly
+    invariant to the scale of the states, and the increment of an oscillator is proportional
+    to its amplitude; through the residual stream the readout holds a linear map of the last
+    state, `W_out W_e z_t`, plus the blocks' corrections.
 
-    - `model(xs)` (`xs (T, d)` or a batch) returns the teacher-forced next-step predictions:
-      the prediction of `z_{t+1}` reads the last `min(W, t + 1)` states (so the first `W`
-      predictions are those of one causal pass over `z_0..z_{W-1}`; later ones slide a full
-      window of `W`, exactly the windows the forecast reads).
-    - `forecast(context, n_steps)` needs at least `W` context states (`min_context = W`):
-      it slides the window of the last `W` states, appending each prediction.
-    - The state of `run` / `cell` is the buffer of the last (up to `W`) states read.
+    This is the streaming Transformer of long-sequence models (sliding-window attention, as in
+    Longformer and Mistral, with relative positions): every layer reads `W` positions, so a
+    prediction depends on the last `R = layers (W - 1) + 1` states (its receptive field), and
+    the keys and values of earlier positions are the same whatever comes later, so they are
+    cached. A teacher-forced pass over `T` states is one causal pass of `T` positions, and a
+    free-running step one position (about the cost of an LSTM step), instead of a fresh pass
+    over the whole window per prediction (26 times the LSTM's cost at the study's sizes).
+
+    - `model(xs)` (`xs (T, d)` or a batch) returns the teacher-forced next-step predictions.
+    - `forecast(context, n_steps)` reads at least `W` context states (`min_context = W`),
+      then feeds each prediction back.
+    - The state of `run` / `cell` is the cache `(keys, values, valid)`: per layer the keys and
+      values of the last `W - 1` positions, `(layers, W - 1, heads, d_model / heads)`, and
+      which of them have been read, `(W - 1,)`.
 
     Training: the LSTM's objective applies unchanged (`AutoregressiveModel.loss`), with the
-    warm-up equal to the context (`warmup = W`): the teacher-forced next-step MSE over the
-    window (each prediction from its own window of the last `W` states, as above) plus
-    `rollout` free-running steps after reading the first `W` states of the window, fed back
-    through the sliding window as in the forecast. So the same `rollout_recipe` (and stopping
-    rule) as the LSTM trains it. A teacher-forced pass over a window of `T` states costs
-    `T - W + 1` window evaluations, and a free step one (the positions shift as the window
-    slides, so no key/value cache can be reused).
+    warm-up equal to the window (`warmup = W`): the teacher-forced next-step MSE over the
+    training window plus `rollout` free-running steps after reading its first `W` states. So
+    the same `rollout_recipe` (and stopping rule) as the LSTM trains it.
     """
 
     def __init__(
@@ -106,81 +145,65 @@ class Transformer(AutoregressiveModel):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if d_model % heads:
             raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
-        if positional not in ("learned", "sinusoidal"):
-            raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {positional!r}")
+        if positional not in POSITIONAL:
+            raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
         check_rollout(context, rollout)
         super().__init__(state_dim)
         self.context, self.d_model, self.n_layers = int(context), int(d_model), int(layers)
+        self.heads = int(heads)
         self.min_context = self.context
         self.warmup, self.rollout = self.context, int(rollout)
         self.positional = positional
         self.embed = nnx.Linear(state_dim, d_model, rngs=rngs)
-        self.pos = (
-            nnx.Param(0.02 * jax.random.normal(rngs.params(), (context, d_model)))
-            if positional == "learned"
-            else None
+        self.blocks = nnx.List(
+            [_Block(d_model, heads, mlp, context, positional, rngs=rngs) for _ in range(layers)]
         )
-        self.blocks = nnx.List([_Block(d_model, heads, mlp, rngs=rngs) for _ in range(layers)])
         self.w_out = nnx.Param(jnp.zeros((d_model, state_dim)))
         self.b_out = nnx.Param(jnp.zeros(state_dim))
 
-    def _positions(self, length: int, dtype) -> Array:
-        if self.pos is None:
-            return jnp.asarray(_sinusoidal(length, self.d_model), dtype)
-        return self.pos[...][:length].astype(dtype)
-
-    def features(self, window: Float[Array, "L d"], *, last_only: bool = False):
-        """The residual stream after the last block, `(L, d_model)`, of a normalised window
-        `(L, d)`, `L <= W` (position `j` reads states `0..j`); with `last_only`, the last
-        position's `(1, d_model)`."""
-        if not 1 <= window.shape[0] <= self.context:
-            raise ValueError(f"a window holds 1 to {self.context} states, got {window.shape[0]}")
-        x = self.embed(window)
-        x = x + self._positions(window.shape[0], x.dtype)
-        for i, block in enumerate(self.blocks):
-            x = block(x, last_only=last_only and i == self.n_layers - 1)
-        return x
+    @property
+    def receptive_field(self) -> int:
+        """`R = layers (W - 1) + 1`: how many of the last states a prediction reads."""
+        return self.n_layers * (self.context - 1) + 1
 
     def _readout(self, h, z):
         out = h @ self.w_out[...]
         return z + out + lift(self.b_out[...], out.ndim)
 
-    def init_state(self, batch_shape: tuple[int, ...] = ()) -> Float[Array, "*B 0 d"]:
-        """The empty buffer `(*batch_shape, 0, d)`: nothing read yet."""
-        return jnp.zeros((*batch_shape, 0, self.state_dim), self._dtype())
+    def init_state(self, batch_shape: tuple[int, ...] = ()):
+        """The empty cache: zero keys and values, none of them read."""
+        cache = (*batch_shape, self.n_layers, self.context - 1, self.heads)
+        zeros = jnp.zeros((*cache, self.d_model // self.heads), self._dtype())
+        return zeros, zeros, jnp.zeros((*batch_shape, self.context - 1), bool)
 
-    def run(self, zs: Float[Array, "*B T d"], state: Float[Array, "*B L d"]):
-        """Reads normalised inputs `zs (T, d)` after the buffered states `state (L, d)`
-        (teacher forcing); returns the features `(T, d_model)`, the next-step predictions
-        `(T, d)` (each from the last `<= W` states up to it) and the buffer of the last
-        `min(W, L + T)` states. A batch `(B, T, d)` with a batched buffer gives `(B, T, .)`."""
-        if zs.ndim not in (2, 3) or state.ndim != zs.ndim:
+    def run(self, zs: Float[Array, "*B T d"], state):
+        """Reads normalised inputs `zs (T, d)` after the cached positions `state` (teacher
+        forcing); returns the features `(T, d_model)`, the next-step predictions `(T, d)` and
+        the cache after the last read. A batch `(B, T, d)` with a batched cache gives
+        `(B, T, .)`."""
+        if zs.ndim not in (2, 3) or state[2].ndim != zs.ndim - 1:
             raise ValueError(
-                f"inputs must have shape (T, d) or (B, T, d) with a buffer of the same rank, "
-                f"got {tuple(zs.shape)} and {tuple(state.shape)}"
+                f"inputs must have shape (T, d) or (B, T, d) with a cache of the same batch "
+                f"shape, got {tuple(zs.shape)} and a cache of {tuple(state[2].shape)}"
             )
         if zs.ndim == 3:
             return jax.vmap(self._run_one)(zs, state)
         return self._run_one(zs, state)
 
-    def _run_one(self, zs, state):
-        w = self.context
-        seq = jnp.concatenate([state.astype(zs.dtype), zs])
-        s, l0 = seq.shape[0], state.shape[0]
-        feats = [self.features(seq[: min(w, s)])]  # one causal pass over the first window
-        if s > w:  # then one full window of the last W states per later position
-            idx = np.arange(w, s)[:, None] + np.arange(-w + 1, 1)[None, :]
-            feats.append(jax.vmap(lambda x: self.features(x, last_only=True)[0])(seq[idx]))
-        h = jnp.concatenate(feats)[l0:]
-        return h, self._readout(h, zs), seq[-w:]
+    def _run_one(self, zs: Float[Array, "T d"], state):
+        keys, values, valid = state
+        x = self.embed(zs)
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v, seen = block(x, keys[i], values[i], valid)
+            new_keys.append(k)
+            new_values.append(v)
+        return x, self._readout(x, zs), (jnp.stack(new_keys), jnp.stack(new_values), seen)
 
-    def cell(self, z: Float[Array, "*B d"], state: Float[Array, "*B L d"]):
-        """One step: appends `z` to the buffer (dropping the oldest state once it holds `W`; a
-        buffer of `L < W` states keeps sliding at `L`) and predicts from it; returns the
-        features, `zhat_next` and the new buffer."""
+    def cell(self, z: Float[Array, "*B d"], state):
+        """One step: reads `z` after the cached positions and predicts from it; returns the
+        features, `zhat_next` and the new cache."""
         if z.ndim == 2:
             return jax.vmap(self.cell)(z, state)
-        keep = min(self.context, max(state.shape[0], 1))
-        buf = jnp.concatenate([state.astype(z.dtype), z[None]])[-keep:]
-        h = self.features(buf, last_only=True)[0]
-        return h, self._readout(h, z), buf
+        h, pred, state = self._run_one(z[None], state)
+        return h[0], pred[0], state

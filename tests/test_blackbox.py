@@ -107,19 +107,43 @@ def test_teacher_forced_predictions_are_causal(untrained, chain):
         assert not np.allclose(model(changed)[t + 1], pred[t + 1])
 
 
-def test_transformer_reads_a_sliding_window_of_w_states(chain):
-    """Beyond the first window, each prediction depends on the last W states only, and equals
-    the forecast's first step from them."""
+def test_transformer_reads_its_receptive_field_of_states(chain):
+    """Each layer attends to the last W positions, so beyond the first `R = layers (W - 1) + 1`
+    states a prediction depends on the last R states only (the state R back changes it, older
+    ones do not), and equals the forecast's first step from those R states: the key/value
+    cache gives what a fresh pass over them gives."""
     model = _random_readout(MAKE["Transformer"](nnx.Rngs(0)))
     model.prepare(chain)
+    r = model.receptive_field
+    assert r == 2 * (N_CONTEXT - 1) + 1 and model.min_context == N_CONTEXT
     xs = jnp.asarray(chain.test[1, :15])
     pred = model(xs)
-    t = 11
-    window = xs[t - N_CONTEXT + 1 : t + 1]
+    t = 12
+    window = xs[t - r + 1 : t + 1]
     np.testing.assert_allclose(model.forecast(window, 1)[0], pred[t], rtol=1e-9, atol=1e-12)
-    older = xs.at[: t - N_CONTEXT + 1].add(1.0)
+    older = xs.at[: t - r + 1].add(1.0)
     np.testing.assert_allclose(model(older)[t], pred[t], rtol=1e-10, atol=1e-12)
-    assert model.min_context == N_CONTEXT
+    assert not np.allclose(model(xs.at[t - r + 1].add(1.0))[t], pred[t])
+
+
+def test_the_cache_stepped_one_state_at_a_time_equals_one_pass(chain):
+    """`cell` stepped from the empty cache (partly filled for the first W - 1 states, then
+    sliding) gives the features, predictions and cache of one teacher-forced `run`, also when
+    the pass starts from a cache."""
+    model = _random_readout(MAKE["Transformer"](nnx.Rngs(0)))
+    model.prepare(chain)
+    zs = model.normalise(jnp.asarray(chain.test[2, :13]))
+    hs, preds, final = model.run(zs, model.init_state())
+    state = model.init_state()
+    for t in range(zs.shape[0]):
+        h, p, state = model.cell(zs[t], state)
+        np.testing.assert_allclose(h, hs[t], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(p, preds[t], rtol=1e-9, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(final)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    _, first, mid = model.run(zs[:4], model.init_state())
+    _, rest, _ = model.run(zs[4:], mid)
+    np.testing.assert_allclose(jnp.concatenate([first, rest]), preds, rtol=1e-9, atol=1e-12)
 
 
 def test_the_objective_is_teacher_forcing_plus_a_free_rollout(untrained, chain):
@@ -179,12 +203,18 @@ def test_bad_hyperparameters_are_refused(make, match):
         make()
 
 
-def test_sinusoidal_positions_work_too(chain):
-    model = MAKE["Transformer"](nnx.Rngs(0), positional="sinusoidal")
+def test_alibi_positions_work_too(chain):
+    """ALiBi's fixed slopes instead of the learned bias: no position parameters, and the
+    forecast still the autoregressive iteration of the teacher-forced call."""
+    model = _random_readout(MAKE["Transformer"](nnx.Rngs(0), positional="alibi"))
     model.prepare(chain)
-    assert model.pos is None
-    fc = _random_readout(model).forecast(jnp.asarray(chain.test[0, :N_CONTEXT]), 4)
-    assert fc.shape == (4, DIM) and bool(jnp.all(jnp.isfinite(fc)))
+    assert all(b.attn.bias is None for b in model.blocks)
+    context = jnp.asarray(chain.test[0, :N_CONTEXT])
+    fc = model.forecast(context, 2)
+    np.testing.assert_allclose(fc[0], model(context)[-1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        fc[1], model(jnp.concatenate([context, fc[:1]]))[-1], rtol=1e-9, atol=1e-12
+    )
 
 
 # ------------------------------------------------------------------ training
