@@ -363,7 +363,7 @@ def _table_over_seeds(rows: list[dict], keys: tuple, values: tuple) -> list[str]
     for group, rs in groups.items():
         cells = []
         for v in values:
-            m, h = metrics.mean_ci([np.nan if r.get(v) in (None, "") else float(r[v]) for r in rs])
+            m, h = metrics.mean_ci(metrics.column(rs, v))
             cells.append(
                 "-"
                 if not np.isfinite(m)

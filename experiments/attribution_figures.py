@@ -72,9 +72,7 @@ def lag_maps(out: Output, path: Path):
 def _mean_ci(rows, value: str, **match) -> tuple[float, float]:
     """Mean and 95% half-width over the seeds of `value` in the rows matching `match`."""
     picked = [r for r in rows if all(str(r[k]) == str(v) for k, v in match.items())]
-    return metrics.mean_ci(
-        [float(r[value]) if r.get(value) not in (None, "") else np.nan for r in picked]
-    )
+    return metrics.mean_ci(metrics.column(picked, value))
 
 
 def coupling_recovery(out: Output, path: Path):

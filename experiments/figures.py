@@ -326,6 +326,14 @@ def _hatch_unconverged(ax, bars, rows, system, models) -> None:
         )
 
 
+def _nanmean(values) -> float:
+    """The mean of the finite-or-inf values (NaN where there are none: a model with no
+    successful run, or a metric not defined for it), without numpy's empty-slice warning."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
 def interp_vs_extrap(rows, path: Path):
     systems = sorted({r["system"] for r in rows})
     fig, axes = plt.subplots(
@@ -343,13 +351,12 @@ def interp_vs_extrap(rows, path: Path):
             )
         ):
             vals = [
-                np.nanmean(
+                _nanmean(
                     [
                         r[col]
                         for r in rows
                         if r["system"] == system and r["model"] == m and r["status"] == "ok"
                     ]
-                    or [np.nan]
                 )
                 for m in models
             ]

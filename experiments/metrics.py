@@ -175,6 +175,12 @@ def coverage(points: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> fl
     return float(np.median(dist))
 
 
+def column(rows, name: str) -> list[float]:
+    """The values of `name` in `rows` as floats: dicts of numbers, or rows read back from a
+    CSV file (strings, empty where the value is missing, which becomes NaN)."""
+    return [np.nan if r.get(name) in (None, "") else float(r[name]) for r in rows]
+
+
 def mean_ci(values) -> tuple[float, float]:
     """Mean and half-width of the 95% Student-t interval (NaN half-width for one value)."""
     from scipy import stats

@@ -143,7 +143,8 @@ TRANSFORMER_SPEC = ModelSpec(
     kwargs={"rollout": 200, "d_model": 32, "heads": 4, "layers": 2},
     preset_kwargs={"context": "context"},
     label="Transformer",
-    cost=3.0,
+    train={"budget_scale": 4.0},
+    cost=8.0,
 )
 
 
