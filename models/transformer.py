@@ -58,7 +58,12 @@ class _Attention(nnx.Module):
         dist = (np.arange(t)[:, None] + w - 1) - np.arange(t + w - 1)[None, :]  # (T, W - 1 + T)
         allowed = jnp.asarray((dist >= 0) & (dist < w)) & seen[None, :]
         scores = jnp.einsum("thd,shd->hts", q, k_all) / np.sqrt(d // heads)
-        scores = scores + self._bias(scores.dtype)[:, np.clip(dist, 0, w - 1)]
+        bias = self._bias(scores.dtype)
+        if t == 1:  # a free step: the distances of its W keys are W - 1, ..., 0
+            scores = scores + bias[:, None, ::-1]
+        else:  # the bias of each (query, key) pair's distance, as a product with a 0/1 tensor
+            onehot = (np.clip(dist, 0, w - 1)[..., None] == np.arange(w)).astype(np.float32)
+            scores = scores + jnp.einsum("hw,tsw->hts", bias, onehot)
         attn = jax.nn.softmax(jnp.where(allowed[None], scores, -jnp.inf), axis=-1)
         out = self.out(jnp.einsum("hts,shd->thd", attn, v_all).reshape(t, d))
         keep = k_all.shape[0] - (w - 1)
