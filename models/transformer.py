@@ -58,12 +58,9 @@ class _Attention(nnx.Module):
         dist = (np.arange(t)[:, None] + w - 1) - np.arange(t + w - 1)[None, :]  # (T, W - 1 + T)
         allowed = jnp.asarray((dist >= 0) & (dist < w)) & seen[None, :]
         scores = jnp.einsum("thd,shd->hts", q, k_all) / np.sqrt(d // heads)
-        bias = self._bias(scores.dtype)
-        if t == 1:  # a free step: the distances of its W keys are W - 1, ..., 0
-            scores = scores + bias[:, None, ::-1]
-        else:  # the bias of each (query, key) pair's distance, as a product with a 0/1 tensor
-            onehot = (np.clip(dist, 0, w - 1)[..., None] == np.arange(w)).astype(np.float32)
-            scores = scores + jnp.einsum("hw,tsw->hts", bias, onehot)
+        # the bias of each (query, key) pair's distance, as a product with a 0/1 tensor
+        onehot = (np.clip(dist, 0, w - 1)[..., None] == np.arange(w)).astype(np.float32)
+        scores = scores + jnp.einsum("hw,tsw->hts", self._bias(scores.dtype), onehot)
         attn = jax.nn.softmax(jnp.where(allowed[None], scores, -jnp.inf), axis=-1)
         out = self.out(jnp.einsum("hts,shd->thd", attn, v_all).reshape(t, d))
         keep = k_all.shape[0] - (w - 1)
@@ -108,8 +105,9 @@ class Transformer(AutoregressiveModel):
     prediction depends on the last `R = layers (W - 1) + 1` states (its receptive field), and
     the keys and values of earlier positions are the same whatever comes later, so they are
     cached. A teacher-forced pass over `T` states is one causal pass of `T` positions, and a
-    free-running step one position (about the cost of an LSTM step), instead of a fresh pass
-    over the whole window per prediction (26 times the LSTM's cost at the study's sizes).
+    free-running step one position, instead of a fresh pass over the whole window per
+    prediction (measured at the study's sizes, batch 32 and windows of 61: a training step
+    of 157 ms instead of 662 ms; about 4.7 steps of an LSTM of 64 units).
 
     - `model(xs)` (`xs (T, d)` or a batch) returns the teacher-forced next-step predictions.
     - `forecast(context, n_steps)` reads at least `W` context states (`min_context = W`),
