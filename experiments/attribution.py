@@ -119,15 +119,6 @@ def lag_spread(full: np.ndarray) -> tuple[float, float]:
     return float(1.0 - mass[-1] / total), float((lags * mass).sum() / total)
 
 
-def _nanmean(values, axis=None):
-    """`np.nanmean` without the warning for an all-NaN slice (an undefined AUROC stays NaN)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.asarray(values, dtype=float), axis=axis) if len(values) else np.nan
-
-
 def attribute_model(model, ds, preset: Preset):
     """Scores of every method for one model; also returns the maps drawn in the figures."""
     import jax
@@ -189,19 +180,25 @@ def attribute_model(model, ds, preset: Preset):
                 {
                     "method": method,
                     "split": split,
-                    "coupling_auroc": float(_nanmean(au)),
-                    "jacobian_spearman": float(_nanmean(sp)),
+                    "coupling_auroc": float(metrics.nanmean(au)),
+                    "jacobian_spearman": float(metrics.nanmean(sp)),
                     "n_traj": len(scores),
-                    "older_lag_fraction": float(_nanmean(lag[:, 0])) if lag is not None else np.nan,
-                    "mean_lag": float(_nanmean(lag[:, 1])) if lag is not None else np.nan,
+                    "older_lag_fraction": float(metrics.nanmean(lag[:, 0]))
+                    if lag is not None
+                    else np.nan,
+                    "mean_lag": float(metrics.nanmean(lag[:, 1])) if lag is not None else np.nan,
                 }
             )
         if scores:
-            maps[f"{method}_auroc_by_horizon"] = _nanmean([np.asarray(s.auroc) for s in scores], 0)
-            maps[f"{method}_spearman_by_horizon"] = _nanmean(
+            maps[f"{method}_auroc_by_horizon"] = metrics.nanmean(
+                [np.asarray(s.auroc) for s in scores], 0
+            )
+            maps[f"{method}_spearman_by_horizon"] = metrics.nanmean(
                 [np.asarray(s.spearman) for s in scores], 0
             )
-            maps["true_auroc_by_horizon"] = _nanmean([np.asarray(s.true_auroc) for s in scores], 0)
+            maps["true_auroc_by_horizon"] = metrics.nanmean(
+                [np.asarray(s.true_auroc) for s in scores], 0
+            )
     per = per["saliency"]
     # saliency of q_1 over (time lag, oscillator) at the last horizon inside and beyond the window
     member = A.oscillator_membership(system, ds.state_dim)
@@ -216,13 +213,13 @@ def attribute_model(model, ds, preset: Preset):
     maps["true_jacobian"] = true_all[0]
     if per:  # the ceiling: the coupling graph read off the simulator's own Jacobian
         inside = ts_abs <= ds.t_train
-        ta = _nanmean([np.asarray(s.true_auroc) for s in per], 0)
+        ta = metrics.nanmean([np.asarray(s.true_auroc) for s in per], 0)
         for split, mask in (("inside", inside), ("beyond", ~inside)):
             rows.append(
                 {
                     "method": "true_jacobian",
                     "split": split,
-                    "coupling_auroc": float(_nanmean(ta[mask])) if mask.any() else np.nan,
+                    "coupling_auroc": float(metrics.nanmean(ta[mask])) if mask.any() else np.nan,
                     "jacobian_spearman": 1.0,
                     "n_traj": len(per),
                 }

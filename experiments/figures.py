@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from . import metrics  # noqa: E402
 from .extrapolation import is_converged, read_metrics  # noqa: E402
 from .presets import cli  # noqa: E402
 from .runs import Output  # noqa: E402
@@ -326,14 +327,6 @@ def _hatch_unconverged(ax, bars, rows, system, models) -> None:
         )
 
 
-def _nanmean(values) -> float:
-    """The mean of the finite-or-inf values (NaN where there are none: a model with no
-    successful run, or a metric not defined for it), without numpy's empty-slice warning."""
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    return float(values.mean()) if values.size else float("nan")
-
-
 def interp_vs_extrap(rows, path: Path):
     systems = sorted({r["system"] for r in rows})
     fig, axes = plt.subplots(
@@ -351,7 +344,7 @@ def interp_vs_extrap(rows, path: Path):
             )
         ):
             vals = [
-                _nanmean(
+                metrics.nanmean(
                     [
                         r[col]
                         for r in rows

@@ -175,6 +175,16 @@ def coverage(points: np.ndarray, reference: np.ndarray, scale: np.ndarray) -> fl
     return float(np.median(dist))
 
 
+def nanmean(values, axis=None):
+    """`np.nanmean` without the warning for an empty or all-NaN slice, which stays NaN (an
+    undefined AUROC, a model without a successful run); inf is kept (a forecast that blew up)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(values, dtype=float), axis=axis) if len(values) else np.nan
+
+
 def column(rows, name: str) -> list[float]:
     """The values of `name` in `rows` as floats: dicts of numbers, or rows read back from a
     CSV file (strings, empty where the value is missing, which becomes NaN)."""
