@@ -851,9 +851,10 @@ def summary_markdown(rows: list[dict]) -> str:
         "`vpt` (from t_C, in units of t_train; `>=`: censored, the forecast never left the "
         "threshold within the horizon) and "
         "nmse normalised per coordinate by the test-set variance; "
-        "`energy_drift` only for conservative systems. `converged`: the runs whose last "
-        "training stage stopped by its rule (the validation rollout no longer improving by 1%) "
-        "before its budget ran out; a row **not converged** measures the budget, not the model."
+        "`energy_drift` only for conservative systems. `converged`: the runs whose kept "
+        "parameters come from a training stage that stopped by its rule (the validation rollout "
+        "no longer improving by 1%) before its budget ran out; a row **not converged** measures "
+        "the budget, not the model."
     )
     return "\n".join(lines) + "\n"
 

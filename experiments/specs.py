@@ -26,7 +26,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
+from flax import nnx
 
 import dynamics
 import models
@@ -181,7 +183,26 @@ class ModelSpec:
             kwargs.setdefault("coordinates", system)
         return self.cls(system.state_dim, **kwargs, rngs=rngs)
 
+    def recipe(self, model: models.AbstractModel, n_train_steps: int, preset, *, lr: float):
+        """The recipe the study trains `model` with (`models.AbstractModel.recipe`): the
+        preset's budget (`steps`) times this spec's `train["budget_scale"]`, its context,
+        evaluation interval and batch size (each overridable in `train`), at the learning
+        rate `lr` (the candidate's)."""
+        train = {"steps": preset.steps, "batch_size": preset.batch_size, **self.train}
+        return model.recipe(
+            n_train_steps,
+            budget=max(1, int(train["steps"] * train.get("budget_scale", 1.0))),
+            context=preset.context,
+            eval_every=int(train.get("eval_every", preset.eval_every)),
+            batch_size=int(train["batch_size"]),
+            lr=float(lr),
+        )
+
     def describe(self, system: dynamics.AbstractSystem, spec: SystemSpec, preset) -> dict:
+        """What determines the model's runs (for the run hash): its class, label, constructor
+        arguments and training overrides, and the recipe it is trained with as `describe`d
+        at the preset's learning rate, so that a changed recipe (a subclass's own `recipe`
+        edited, or the package's) is not answered with results of the old one."""
         out = {
             "class": _qualname(self.cls),
             "label": self.label_for(system),
@@ -190,7 +211,25 @@ class ModelSpec:
         }
         if self._in_canonical(system):  # a new model there: runs in (q, q') are not reused
             out["coordinates"] = "canonical"
+        if self.applicable(system, spec) is None:
+            out["recipe"] = self._recipe_description(system, spec, preset)
         return out
+
+    def _recipe_description(self, system, spec, preset) -> dict:
+        """The recipe's description, from a model built with abstract parameters where its
+        class allows (a recipe depends on the structure, not on values; tens of ms). Not
+        memoised: a recipe is the class's code, which may change within a process."""
+
+        def build():
+            return self.build(system, spec, preset, rngs=nnx.Rngs(0))
+
+        try:
+            model = nnx.eval_shape(build)
+        except jax.errors.JAXTypeError:  # a constructor that computes on its values (ESN)
+            model = build()
+        n_train_steps = round(preset.t_train / preset.dt) + 1
+        recipe = self.recipe(model, n_train_steps, preset, lr=self.train.get("lr", preset.lr))
+        return jsonable(recipe.describe())
 
 
 @dataclasses.dataclass(frozen=True)

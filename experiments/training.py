@@ -43,18 +43,6 @@ def candidates(mspec: ModelSpec, preset: Preset) -> list[tuple[dict, Preset]]:
     return out
 
 
-def _recipe(model, dataset, preset: Preset, mspec: ModelSpec, lr: float):
-    train = {**{"steps": preset.steps, "batch_size": preset.batch_size}, **mspec.train}
-    return model.recipe(
-        dataset.n_train_steps,
-        budget=max(1, int(train["steps"] * train.get("budget_scale", 1.0))),
-        context=preset.context,
-        eval_every=int(train.get("eval_every", preset.eval_every)),
-        batch_size=int(train["batch_size"]),
-        lr=float(lr),
-    )
-
-
 def train_model(
     spec: SystemSpec,
     mspec: ModelSpec,
@@ -86,7 +74,9 @@ def train_model(
     if len(cands) > 1:
         for i, (choice, p) in enumerate(cands):
             model = mspec.build(system, spec, p, rngs=nnx.Rngs(seed))
-            recipe = _recipe(model, dataset, p, mspec, choice["lr"]).pilot(preset.pilot)
+            recipe = mspec.recipe(model, dataset.n_train_steps, p, lr=choice["lr"]).pilot(
+                preset.pilot
+            )
             try:
                 _, res = recipe.fit(
                     model,
@@ -104,7 +94,7 @@ def train_model(
         best = 0
     choice, p = cands[best]
     model = mspec.build(system, spec, p, rngs=nnx.Rngs(seed))
-    recipe = _recipe(model, dataset, p, mspec, choice["lr"])
+    recipe = mspec.recipe(model, dataset.n_train_steps, p, lr=choice["lr"])
     model, result = recipe.fit(
         model,
         dataset,
@@ -163,7 +153,9 @@ def train_models(
     if len(cands) > 1:
         for i, (choice, p) in enumerate(cands):
             members = build(p)
-            recipe = _recipe(members[0], datasets[0], p, mspec, choice["lr"]).pilot(preset.pilot)
+            recipe = mspec.recipe(members[0], datasets[0].n_train_steps, p, lr=choice["lr"]).pilot(
+                preset.pilot
+            )
             try:
                 _, results = recipe.fit_members(
                     members,
@@ -197,7 +189,7 @@ def train_models(
     for g, (arch, idx) in enumerate(groups.items()):
         choice0, p = cands[best[idx[0]]]
         members = [mspec.build(system, spec, p, rngs=nnx.Rngs(seeds[j])) for j in idx]
-        recipe = _recipe(members[0], datasets[idx[0]], p, mspec, choice0["lr"])
+        recipe = mspec.recipe(members[0], datasets[idx[0]].n_train_steps, p, lr=choice0["lr"])
         members, results = recipe.fit_members(
             members,
             [datasets[j] for j in idx],

@@ -8,10 +8,15 @@ states over the rest of the training window, the test protocol on held-out
 states; `val_rollout_nmse`). Each stage starts from the best validated
 parameters of the stages before it, and the recipe ends with the best
 validated parameters of all of them, so a stage that does not help cannot
-make the model worse. A run has `converged` when the stopping rule of its last
-stage fired before that stage's budget ran out (patience evaluations without
-improvement); otherwise its validation loss may still be falling and the run
-is not a result.
+make the model worse. A run has `converged` when the stopping rule of the
+stage whose parameters it keeps fired before that stage's budget ran out
+(patience evaluations without improvement); otherwise its validation loss may
+still be falling and the run is not a result. A stage that runs its whole
+budget by design (`patience=None`, the derivative stage) is judged by the same
+rule at the default patience: converged when its last 4 evaluations brought no
+improvement by more than `min_delta`. (A later stage that stops by its rule
+without beating the kept parameters is no evidence for them: it trains another
+objective or window, and the kept stage may have been cut off still improving.)
 
 Why these stages (the anchors):
 
@@ -125,8 +130,8 @@ class RecipeResult:
     """What a recipe reports of a training run.
 
     `val_rollout_nmse` (the best validation rollout, the selection criterion),
-    `steps_run` (optimisation steps over all stages), `converged` (the last
-    stage stopped by its rule), `train_seconds` (wall time without
+    `steps_run` (optimisation steps over all stages), `converged` (the stage
+    whose parameters were kept stopped by its rule), `train_seconds` (wall time without
     compilation), `compile_seconds`, `best_stage` (whose parameters were kept)
     and `history` (every stage's `fit` records, tagged with the stage).
     """
@@ -302,7 +307,7 @@ class Recipe:
         n = len(members)
         best_params, best_val, best_stage = [None] * n, [float("inf")] * n, [""] * n
         history: list[list[dict]] = [[] for _ in range(n)]
-        steps_run, converged = [0] * n, [False] * n
+        steps_run, converged = [0] * n, [False] * n  # converged: of the stage kept
         seconds, compile_seconds = 0.0, 0.0
         for i, stage in enumerate(self.stages):
             window = n_states if stage.window is None else min(stage.window, n_states)
@@ -324,14 +329,14 @@ class Recipe:
                 compile_seconds += records_of[0][-1]["compile_seconds"]
             for j, (member, records) in enumerate(zip(members, records_of)):
                 history[j].extend(dict(r, stage=stage.name, window=window) for r in records)
-                val = None
+                val, stopped = None, False
                 if records:
                     steps_run[j] += records[-1]["step"]
-                    converged[j] = bool(records[-1]["converged"])
+                    stopped = _plateaued(records, stage)
                     val = records[-1]["best_val"]
                 val = float("inf") if val is None else val
                 if val < best_val[j] or best_params[j] is None:
-                    best_val[j], best_stage[j] = val, stage.name
+                    best_val[j], best_stage[j], converged[j] = val, stage.name, stopped
                     best_params[j] = jax.tree.map(jnp.copy, nnx.state(member, nnx.Param))
                 else:  # this stage did not improve on the earlier ones: start the next from those
                     nnx.update(member, best_params[j])
@@ -348,6 +353,30 @@ class Recipe:
             for j in range(n)
         ]
         return members, results
+
+
+def _plateaued(records: list[dict], stage: Stage) -> bool:
+    """Whether a stage ended on a plateau of its validation rollout: its stopping rule fired
+    (`converged` in its last record), or, for a stage without one (`patience=None`), the
+    rule at the default patience replayed on its evaluations (as `models.fit` applies it: an
+    evaluation counts as bad unless it lowers the validation loss below `1 - min_delta`
+    times the last significant one) would fire at its last evaluation."""
+    if stage.patience is not None:
+        return bool(records[-1]["converged"])
+    patience = Stage.__dataclass_fields__["patience"].default
+    best = last_significant = math.inf
+    bad = 0
+    for r in records:
+        val = r.get("val_loss")
+        if val is None:  # not validated (or not finite): no evidence either way
+            continue
+        improved = math.isfinite(val) and val < best
+        best = val if improved else best
+        if improved and val < last_significant * (1 - stage.min_delta):
+            last_significant, bad = val, 0
+        else:
+            bad += 1
+    return bad >= patience
 
 
 def smoothing_window(trajectories, windows: tuple[int, ...]) -> int:

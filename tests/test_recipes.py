@@ -216,6 +216,56 @@ def test_a_stage_that_makes_things_worse_is_undone(ds):
     assert _[-1]["val_loss"] == pytest.approx(stage_best["derivative"], rel=1e-3)
 
 
+def test_the_plateau_replay_is_fits_own_stopping_rule(ds):
+    """`models.recipes._plateaued` judges a stage without a rule (`patience=None`) by replaying
+    `fit`'s rule at the default patience (4) on its records: on the records of a fit that that
+    rule stopped, it fires at the last evaluation and not one evaluation earlier."""
+    from models.recipes import _plateaued
+
+    _, records = m.fit(
+        _node(),
+        ds,
+        key=jax.random.key(1),
+        steps=2000,
+        eval_every=20,
+        lr=1e-6,
+        patience=4,
+        min_delta=0.5,
+        val_context=C,
+        progress=False,
+    )
+    assert records[-1]["converged"] and records[-1]["step"] == 100  # 1 first + 4 bad
+    free = m.Stage("derivative", None, 5, 2000, patience=None, min_delta=0.5)
+    assert _plateaued(records, free)
+    assert not _plateaued(records[:-1], free)
+
+
+def test_converged_is_the_kept_stages_verdict_not_the_last_stages(ds):
+    """The derivative stage is cut off while its validation rollout still falls and is kept;
+    the second stage, at a rate that only makes things worse, stops by its rule at once. The
+    run is not converged (it was when `converged` was the last stage's verdict). The first
+    stage alone, at a rate too small to move anything, ends on a plateau: converged (it was
+    not, a stage without a rule never stopping by one)."""
+    falling = m.Recipe(
+        stages=(
+            m.Stage("derivative", m.recipes.derivative_objective, 5, 100, patience=None),
+            m.Stage("window 10", m.recipes.trajectory_objective, 10, 400, lr_scale=300.0),
+        ),
+        context=C,
+        eval_every=20,
+        batch_size=16,
+        lr=1e-2,
+    )
+    _, res = falling.fit(_node(), ds, key=jax.random.key(2))
+    first = [r["val_loss"] for r in res.history if r["stage"] == "derivative"]
+    assert first[-1] < 0.9 * first[-3], first  # still falling when its budget ran out
+    assert res.history[-1]["converged"] and res.best_stage == "derivative"
+    assert not res.converged
+    flat = dataclasses.replace(falling, stages=falling.stages[:1], lr=1e-9)
+    _, res = flat.fit(_node(), ds, key=jax.random.key(2))
+    assert not res.history[-1]["converged"] and res.converged
+
+
 def test_recipe_result_bookkeeping(ds):
     model, res = _two_stage(0.3).fit(_node(), ds, key=jax.random.key(2))
     assert res.steps_run == sum(

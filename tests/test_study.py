@@ -192,6 +192,40 @@ def test_rerun_reuses_only_an_unchanged_configuration(tmp_path, capsys):
     assert row3["config_hash"] not in (row["config_hash"], row2["config_hash"])
 
 
+class _ShortRecipeNODE(models.NeuralODE):
+    """A user's model whose recipe is its own: the parent's, with one stage's budget cut."""
+
+    derivative_share = 1.0
+
+    def recipe(self, n_train_steps, *, budget, **kwargs):
+        recipe = super().recipe(n_train_steps, budget=budget, **kwargs)
+        first = dataclasses.replace(
+            recipe.stages[0], steps=max(1, int(recipe.stages[0].steps * self.derivative_share))
+        )
+        return dataclasses.replace(recipe, stages=(first, *recipe.stages[1:]))
+
+
+def test_a_changed_recipe_changes_the_run_key(monkeypatch):
+    """The recipe is part of what determines a run: a model class whose `recipe` now gives
+    another budget gets another hash (its stored runs are not reused), though its class,
+    constructor arguments and the preset are unchanged; the same recipe gives the same hash."""
+    preset = _tiny()
+    spec = preset.systems[0]
+    mspec = ModelSpec(_ShortRecipeNODE, kwargs={"width": 8, "depth": 1})
+
+    def key():
+        return RunKey.of(spec, spec.build(), mspec, preset, seed=0, n_train=8)
+
+    (before, cfg), (same, _) = key(), key()
+    assert same.config_hash == before.config_hash
+    stages = cfg["model"]["recipe"]["stages"]
+    assert stages[0]["name"] == "derivative" and stages[0]["steps"] == preset.steps
+    monkeypatch.setattr(_ShortRecipeNODE, "derivative_share", 0.5)
+    after, cfg = key()
+    assert cfg["model"]["recipe"]["stages"][0]["steps"] == preset.steps // 2
+    assert after.config_hash != before.config_hash
+
+
 def test_seeds_trained_as_one_ensemble_equal_seeds_trained_one_by_one(tmp_path):
     """`ensemble_seeds=True` (the default on accelerators): each model's two seeds, each with
     its own data, pilots over a learning-rate grid and its own chosen rate, train as one
