@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from . import metrics  # noqa: E402
 from .extrapolation import is_converged, read_metrics  # noqa: E402
@@ -300,9 +301,10 @@ def nmse_over_time(runs, system, t_train, path: Path):
     return path
 
 
-def _hatch_unconverged(ax, bars, rows, system, models) -> None:
-    """Hatches the bars of `(system, model)`s with a finished run that stopped at its budget,
-    its validation rollout still improving (not a result), and says so on the axes."""
+def _hatch_unconverged(ax, bars, rows, system, models) -> list:
+    """Hatches the bars of `(system, model)`s with a finished run that is not converged (its
+    kept stage stopped at its budget, the validation rollout still improving: not a result);
+    returns the legend handle that says so (none where every run converged)."""
     unconverged = {
         m
         for m in models
@@ -314,17 +316,9 @@ def _hatch_unconverged(ax, bars, rows, system, models) -> None:
         if m in unconverged:
             bar.set_hatch("//")
             bar.set_edgecolor("0.2")
-    if unconverged:
-        ax.text(
-            0.99,
-            0.01,
-            "hatched: not converged (validation still improving at the budget)",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=7,
-            color="0.3",
-        )
+    if not unconverged:
+        return []
+    return [Patch(facecolor="white", edgecolor="0.2", hatch="//", label="hatched: not converged")]
 
 
 def interp_vs_extrap(rows, path: Path):
@@ -356,13 +350,13 @@ def interp_vs_extrap(rows, path: Path):
             # a mean that blew up is drawn at the cap (the line says so)
             vals = [v if np.isnan(v) else float(_capped(v)) for v in vals]
             bars += list(ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=lab))
-        _hatch_unconverged(ax, bars, rows, system, models * 3)
+        hatched = _hatch_unconverged(ax, bars, rows, system, models * 3)
         ax.axhline(_NMSE_CAP, color="0.6", lw=0.6, ls="--")
         ax.set_yscale("log")
         ax.set_xticks(x, models, rotation=30, ha="right", fontsize=8)
         ax.set_title(system)
         ax.set_ylabel("nmse")
-        ax.legend(fontsize=8, frameon=False)
+        ax.legend(handles=ax.get_legend_handles_labels()[0] + hatched, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -414,7 +408,10 @@ def valid_prediction_time(rows, path: Path):
             yerr=[np.std(v) if len(v) > 1 else 0 for v in vals],
             color=[_color(m, i) for i, m in enumerate(models)],
         )
-        _hatch_unconverged(ax, bars, rows, system, models)
+        hatched = _hatch_unconverged(ax, bars, rows, system, models)
+        if hatched:  # room above the bars for it
+            ax.set_ylim(top=1.15 * ax.get_ylim()[1])
+            ax.legend(handles=hatched, fontsize=8, frameon=False, loc="upper left")
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("valid prediction time / t_train")
         ax.set_title(system)
