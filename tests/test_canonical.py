@@ -14,6 +14,7 @@ from flax import nnx
 import dynamics as d
 import models as m
 from experiments.extrapolation import save_model
+from experiments.presets import PRESETS
 from experiments.specs import ModelSpec
 
 DP = d.DoublePendulum(m1=1.3, m2=0.7, l1=1.1, l2=0.8)
@@ -254,8 +255,9 @@ def test_identity_coordinates_leave_the_model_unchanged(dp_data):
     assert model.coordinates is None
     assert jax.tree.structure(nnx.state(model)) == jax.tree.structure(nnx.state(plain))
     spec = ModelSpec(m.HNN, kwargs={"width": 8, "depth": 1})
-    assert "coordinates" not in spec.describe(chain, None, None)
-    assert spec.describe(DP, None, None)["coordinates"] == "canonical"
+    preset = PRESETS["tiny"]
+    assert "coordinates" not in spec.describe(chain, None, preset)
+    assert spec.describe(DP, None, preset)["coordinates"] == "canonical"
     model.dt = plain.dt = 0.05
     y = jnp.asarray(dp_data.test[0, :2])
     np.testing.assert_array_equal(model.forecast(y, 5), plain.forecast(y, 5))
