@@ -358,25 +358,11 @@ class Recipe:
 def _plateaued(records: list[dict], stage: Stage) -> bool:
     """Whether a stage ended on a plateau of its validation rollout: its stopping rule fired
     (`converged` in its last record), or, for a stage without one (`patience=None`), the
-    rule at the default patience replayed on its evaluations (as `models.fit` applies it: an
-    evaluation counts as bad unless it lowers the validation loss below `1 - min_delta`
-    times the last significant one) would fire at its last evaluation."""
+    evaluations since its last improvement by more than `min_delta` (`bad_evals`, which `fit`
+    counts either way) reached the default patience at its last evaluation."""
     if stage.patience is not None:
         return bool(records[-1]["converged"])
-    patience = Stage.__dataclass_fields__["patience"].default
-    best = last_significant = math.inf
-    bad = 0
-    for r in records:
-        val = r.get("val_loss")
-        if val is None:  # not validated (or not finite): no evidence either way
-            continue
-        improved = math.isfinite(val) and val < best
-        best = val if improved else best
-        if improved and val < last_significant * (1 - stage.min_delta):
-            last_significant, bad = val, 0
-        else:
-            bad += 1
-    return bad >= patience
+    return records[-1].get("bad_evals", 0) >= Stage.__dataclass_fields__["patience"].default
 
 
 def smoothing_window(trajectories, windows: tuple[int, ...]) -> int:

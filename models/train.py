@@ -761,6 +761,7 @@ def _run(
                     None if not np.isfinite(x) else float(x) for x in np.asarray(state["best_val"])
                 ],
                 "converged": patience_fired.tolist(),
+                "bad_evals": np.asarray(state["bad_evals"]).tolist(),
                 "seconds": time.perf_counter() - t0,
                 "compile_seconds": timer.seconds,
             }
@@ -873,7 +874,8 @@ def _member_sharding(n_members: int):
 
 
 def _history_of(history, i):
-    # records of checkpoints written before best_val/converged/compile_seconds existed lack them
+    # records of checkpoints written before best_val/converged/bad_evals/compile_seconds existed
+    # lack them
     return [
         {
             "chunk": r["chunk"],
@@ -882,6 +884,7 @@ def _history_of(history, i):
             "val_loss": r["val_loss"][i],
             "best_val": r["best_val"][i] if "best_val" in r else None,
             "converged": r["converged"][i] if "converged" in r else False,
+            "bad_evals": r["bad_evals"][i] if "bad_evals" in r else 0,
             "seconds": r["seconds"],
             "compile_seconds": r.get("compile_seconds", 0.0),
         }
@@ -955,12 +958,14 @@ def fit(
     - `progress`: show a progress bar; `log_path`: a JSON-lines log without checkpoints.
 
     **Returns:** the trained model (updated in place) and a list of records
-    `{chunk, step, train_loss, val_loss, best_val, converged, seconds,
+    `{chunk, step, train_loss, val_loss, best_val, converged, bad_evals, seconds,
     compile_seconds}`, one per chunk (`train_loss` the mean over the chunk's
     steps; `val_loss` None without validation; `best_val` the lowest so far;
-    `converged` true once the early-stopping rule has fired, i.e. `patience`
-    evaluations without improvement; `seconds` the wall time since the start
-    of this call and `compile_seconds` the part of it spent compiling).
+    `bad_evals` the evaluations since the last improvement by more than
+    `min_delta`, counted with or without a `patience`; `converged` true once
+    the early-stopping rule has fired, i.e. `bad_evals` reached `patience`;
+    `seconds` the wall time since the start of this call and `compile_seconds`
+    the part of it spent compiling).
 
     **Raises:** `ValueError` for a bad value (`TrainConfig` names the field) or
     data that do not suit the model; `TypeError` for an unknown keyword;

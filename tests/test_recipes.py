@@ -217,9 +217,9 @@ def test_a_stage_that_makes_things_worse_is_undone(ds):
 
 
 def test_the_plateau_replay_is_fits_own_stopping_rule(ds):
-    """`models.recipes._plateaued` judges a stage without a rule (`patience=None`) by replaying
-    `fit`'s rule at the default patience (4) on its records: on the records of a fit that that
-    rule stopped, it fires at the last evaluation and not one evaluation earlier."""
+    """`models.recipes._plateaued` judges a stage without a rule (`patience=None`) by `fit`'s
+    rule at the default patience (4), from the `bad_evals` that `fit` records: on the records
+    of a fit that that rule stopped, it fires at the last evaluation and not one earlier."""
     from models.recipes import _plateaued
 
     _, records = m.fit(
