@@ -89,6 +89,16 @@ class TrainConfig:
       counts towards patience only when it lowers the best validation loss by
       more than this fraction of it (the best parameters are kept on any
       improvement).
+    - `lr_decay`: None (the cosine schedule above) or a factor `gamma` in (0, 1):
+      the **plateau schedule** (needs `patience`). The default optimizer warms up
+      to `lr` and then holds it (no cosine decay); when `patience` evaluations
+      bring no improvement by more than `min_delta`, the rate is multiplied by
+      `gamma` and training continues from the best parameters so far, until it
+      has been lowered `lr_decays` times; the next plateau, at the smallest rate
+      `lr * gamma**lr_decays`, stops the run. A run stopped so has converged in
+      the strict sense that lowering the rate brought nothing more; one that
+      runs out of `steps` first has not. (With `optimizer=`, the factor scales
+      that optimizer's updates.)
     - `precision`: `"float32"` or `"float64"` (needs `jax_enable_x64`): the
       dtype of the parameters and the data during training.
     - `window`: the length of the windows cut from the training trajectories
@@ -115,6 +125,8 @@ class TrainConfig:
     window: int | np.integer | None = None
     val_context: int | np.integer | None = None
     min_delta: float | np.floating = 0.0
+    lr_decay: float | np.floating | None = None
+    lr_decays: int | np.integer = 2
 
     def __post_init__(self):
         def bad(field, requirement):
@@ -146,6 +158,16 @@ class TrainConfig:
             0 <= self.min_delta < 1
         ):
             bad("min_delta", "a fraction in [0, 1)")
+        if self.lr_decay is not None:
+            if not isinstance(self.lr_decay, (int, float, np.integer, np.floating)) or not (
+                0 < self.lr_decay < 1
+            ):
+                bad("lr_decay", "None or a factor in (0, 1)")
+            if self.patience is None:
+                bad("lr_decay", "None without patience (a plateau is patience evaluations)")
+            object.__setattr__(self, "lr_decay", float(self.lr_decay))
+        if not _is_int(self.lr_decays) or self.lr_decays < 0:
+            bad("lr_decays", "a non-negative integer")
         if self.precision not in ("float32", "float64"):
             bad("precision", "'float32' or 'float64'")
         # plain Python numbers: hashable like the originals, and JSON-serialisable for the
@@ -157,6 +179,7 @@ class TrainConfig:
             ("lr", float),
             ("grad_clip", float),
             ("min_delta", float),
+            ("lr_decays", int),
         ):
             object.__setattr__(self, field, cast(getattr(self, field)))
         for field in ("patience", "warmup", "window", "val_context"):
@@ -285,11 +308,12 @@ def _schedule(count, lr, warmup, total):
     return jnp.where(count < warmup, lr * count / warmup, cosine)
 
 
-def _adam_on_schedule(lr, warmup, total, grad_clip):
+def _adam_on_schedule(lr, warmup, total, grad_clip, factor):
+    """`factor`: the plateau schedule's multiplier of the rate (`fit` sets it in the state)."""
     return optax.chain(
         optax.clip_by_global_norm(grad_clip),
         optax.scale_by_adam(),
-        optax.scale_by_schedule(lambda count: -_schedule(count, lr, warmup, total)),
+        optax.scale_by_schedule(lambda count: -_schedule(count, lr * factor, warmup, total)),
     )
 
 
@@ -297,12 +321,16 @@ def _default_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """What `fit` uses without `optimizer=`: Adam on a linear-warm-up, cosine-decay schedule
     (0 -> `lr` over `warmup` steps, then down to `lr / 100` at `steps`), after clipping the
     gradients to global norm `grad_clip`. The four numbers live in the optimizer's state
-    (`optax.inject_hyperparams`), so runs that differ only in them share one compiled step."""
+    (`optax.inject_hyperparams`), so runs that differ only in them share one compiled step.
+    Under the plateau schedule (`lr_decay`) the decay never starts (`total = inf`: the rate
+    holds at `lr` after the warm-up, and `fit` lowers it on plateaus)."""
+    total = math.inf if config.lr_decay is not None else max(config.steps, config.warmup_steps + 1)
     return optax.inject_hyperparams(_adam_on_schedule)(
         lr=config.lr,
         warmup=max(1, config.warmup_steps),
-        total=max(config.steps, config.warmup_steps + 1),
+        total=total,
         grad_clip=config.grad_clip,
+        factor=1.0,
     )
 
 
@@ -334,16 +362,23 @@ def _init_state(params, opt):
         "diverged": jnp.asarray(False),
         "diverged_step": jnp.asarray(-1, jnp.int32),
         "last_loss": jnp.asarray(jnp.nan, f),
+        "lr_factor": jnp.asarray(1.0, f),
+        "n_decays": jnp.asarray(0, jnp.int32),
     }
 
 
 def _limits(cfg: TrainConfig):
-    """The budget and the patience (`2**30`: none), held in the state rather than compiled in."""
+    """The budget, the patience (`2**30`: none) and the plateau schedule (`lr_decays = 0`:
+    none), held in the state rather than compiled in."""
+    f = jnp.result_type(float)
+    plateau = cfg.lr_decay is not None
     return {
         "max_steps": jnp.asarray(cfg.steps, jnp.int32),
         "patience": jnp.asarray(2**30 if cfg.patience is None else cfg.patience, jnp.int32),
-        "min_delta": jnp.asarray(cfg.min_delta, jnp.result_type(float)),
-        "patience_val": jnp.asarray(jnp.inf, jnp.result_type(float)),
+        "min_delta": jnp.asarray(cfg.min_delta, f),
+        "patience_val": jnp.asarray(jnp.inf, f),
+        "lr_decay": jnp.asarray(cfg.lr_decay if plateau else 1.0, f),
+        "max_decays": jnp.asarray(cfg.lr_decays if plateau else 0, jnp.int32),
     }
 
 
@@ -396,9 +431,14 @@ class _CompileTimer:
         jax.monitoring.unregister_event_duration_listener(self)
 
 
-def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, loss: Loss):
+def _build_chunk(
+    graphdef, opt, cfg: TrainConfig, window: int | None, loss: Loss, *, default_optimizer: bool
+):
     """Returns `chunk(state, rest, key, train, n_steps) -> (state, mean_loss)`: `n_steps`
     optimisation steps under `lax.scan` (a member that has stopped or diverged stays put).
+    The plateau schedule's `lr_factor` multiplies the default optimizer's rate (its `factor`
+    hyperparameter: a scalar product, so a factor of 1 leaves every step bit for bit as it
+    was) or, with `default_optimizer=False`, a custom optimizer's updates.
 
     `window` is the window length for trajectory data, None for full-batch data (every step
     sees all of `train`). Compiled code depends on `cfg` only through `batch_size`; the budget,
@@ -426,7 +466,14 @@ def _build_chunk(graphdef, opt, cfg: TrainConfig, window: int | None, loss: Loss
             active = ~st["stopped"] & ~st["diverged"]
             batch, loss_key = sample(key, st["step"], train)
             loss, grads = jax.value_and_grad(loss_fn)(st["params"], rest, batch, loss_key)
-            updates, new_opt = opt.update(grads, st["opt_state"], st["params"])
+            opt_state = st["opt_state"]
+            if default_optimizer:
+                hyper = opt_state.hyperparams
+                factor = st["lr_factor"].astype(hyper["factor"].dtype)
+                opt_state = opt_state._replace(hyperparams={**hyper, "factor": factor})
+            updates, new_opt = opt.update(grads, opt_state, st["params"])
+            if not default_optimizer:
+                updates = jax.tree.map(lambda u: u * st["lr_factor"].astype(u.dtype), updates)
             new_params = optax.apply_updates(st["params"], updates)
             finite = jnp.isfinite(loss) & _all_finite(new_params)
             ok = active & finite
@@ -472,7 +519,20 @@ def _build_evaluate(graphdef, has_val: bool, val_context: int | None, loss: Loss
             state["bad_evals"] = jnp.where(
                 significant, 0, state["bad_evals"] + evaluate_now.astype(jnp.int32)
             )
-            state["stopped"] = state["stopped"] | (state["bad_evals"] >= state["patience"])
+            # a plateau: lower the rate and go on from the best parameters while the plateau
+            # schedule allows (never without it: max_decays 0), else stop
+            plateau = state["bad_evals"] >= state["patience"]
+            decay = plateau & (state["n_decays"] < state["max_decays"])
+            state["params"] = jax.tree.map(
+                lambda a, b: jnp.where(decay, a, b), state["best_params"], state["params"]
+            )
+            state["lr_factor"] = jnp.where(
+                decay, state["lr_factor"] * state["lr_decay"], state["lr_factor"]
+            )
+            state["n_decays"] = state["n_decays"] + decay.astype(jnp.int32)
+            state["patience_val"] = jnp.where(decay, state["best_val"], state["patience_val"])
+            state["bad_evals"] = jnp.where(decay, 0, state["bad_evals"])
+            state["stopped"] = state["stopped"] | (plateau & ~decay)
         else:
             val = jnp.asarray(jnp.nan, state["best_val"].dtype)
             state["best_params"] = state["params"]
@@ -762,6 +822,7 @@ def _run(
                 ],
                 "converged": patience_fired.tolist(),
                 "bad_evals": np.asarray(state["bad_evals"]).tolist(),
+                "lr_factor": np.asarray(state["lr_factor"]).tolist(),
                 "seconds": time.perf_counter() - t0,
                 "compile_seconds": timer.seconds,
             }
@@ -839,7 +900,14 @@ def _compiled_chunk(
     (seeds, ensembles, learning rates, budgets, resumed runs) compile once. `per_member`: the
     data carry the member axis too (one dataset per member)."""
     opt = optimizer if optimizer is not None else _default_optimizer(TrainConfig(steps=2))
-    chunk = _build_chunk(graphdef, opt, TrainConfig(steps=1, batch_size=batch_size), window, loss)
+    chunk = _build_chunk(
+        graphdef,
+        opt,
+        TrainConfig(steps=1, batch_size=batch_size),
+        window,
+        loss,
+        default_optimizer=optimizer is None,
+    )
 
     def run_member(st, r, kd, train, n_steps):
         return chunk(st, r, jax.random.wrap_key_data(kd), train, n_steps)
@@ -885,6 +953,7 @@ def _history_of(history, i):
             "best_val": r["best_val"][i] if "best_val" in r else None,
             "converged": r["converged"][i] if "converged" in r else False,
             "bad_evals": r["bad_evals"][i] if "bad_evals" in r else 0,
+            "lr_factor": r["lr_factor"][i] if "lr_factor" in r else 1.0,
             "seconds": r["seconds"],
             "compile_seconds": r.get("compile_seconds", 0.0),
         }
@@ -958,12 +1027,14 @@ def fit(
     - `progress`: show a progress bar; `log_path`: a JSON-lines log without checkpoints.
 
     **Returns:** the trained model (updated in place) and a list of records
-    `{chunk, step, train_loss, val_loss, best_val, converged, bad_evals, seconds,
-    compile_seconds}`, one per chunk (`train_loss` the mean over the chunk's
-    steps; `val_loss` None without validation; `best_val` the lowest so far;
-    `bad_evals` the evaluations since the last improvement by more than
-    `min_delta`, counted with or without a `patience`; `converged` true once
-    the early-stopping rule has fired, i.e. `bad_evals` reached `patience`;
+    `{chunk, step, train_loss, val_loss, best_val, converged, bad_evals, lr_factor,
+    seconds, compile_seconds}`, one per chunk (`train_loss` the mean over the
+    chunk's steps; `val_loss` None without validation; `best_val` the lowest so
+    far; `bad_evals` the evaluations since the last improvement by more than
+    `min_delta` (or since the rate was last lowered), counted with or without a
+    `patience`; `converged` true once the early-stopping rule has fired, i.e.
+    `bad_evals` reached `patience` (under the plateau schedule: at its smallest
+    rate); `lr_factor` the plateau schedule's factor on the rate (1 without it);
     `seconds` the wall time since the start of this call and `compile_seconds`
     the part of it spent compiling).
 

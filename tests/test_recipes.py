@@ -266,6 +266,40 @@ def test_converged_is_the_kept_stages_verdict_not_the_last_stages(ds):
     assert not res.history[-1]["converged"] and res.converged
 
 
+def test_a_plateau_stage_lowers_its_rate_before_it_converges(ds):
+    """A stage with `lr_decay` trains on the plateau schedule: its records show the rate
+    lowered `lr_decays` times before the rule stops it, and the run is converged only by the
+    plateau at the smallest rate. Its description (the run key's input) names the schedule;
+    a cosine stage's description is what it was before the schedule existed."""
+    plateau = m.Recipe(
+        stages=(
+            m.Stage(
+                "derivative",
+                m.recipes.derivative_objective,
+                5,
+                4000,
+                patience=2,
+                lr_decay=0.1,
+                lr_decays=2,
+            ),
+        ),
+        context=C,
+        eval_every=20,
+        batch_size=16,
+        lr=1e-2,
+    )
+    _, res = plateau.fit(_node(), ds, key=jax.random.key(2))
+    factors = [r["lr_factor"] for r in res.history]
+    np.testing.assert_allclose(sorted(set(factors), reverse=True), [1.0, 0.1, 0.01], rtol=1e-6)
+    assert res.converged and res.history[-1]["converged"] and res.steps_run < 4000
+    assert [r["converged"] for r in res.history].count(True) == 1
+    (stage,) = plateau.describe()["stages"]
+    assert (stage["lr_decay"], stage["lr_decays"]) == (0.1, 2)
+    cosine = dataclasses.replace(plateau.stages[0], lr_decay=None)
+    (described,) = dataclasses.replace(plateau, stages=(cosine,)).describe()["stages"]
+    assert "lr_decay" not in described and "lr_decays" not in described
+
+
 def test_recipe_result_bookkeeping(ds):
     model, res = _two_stage(0.3).fit(_node(), ds, key=jax.random.key(2))
     assert res.steps_run == sum(

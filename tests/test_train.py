@@ -322,6 +322,76 @@ def test_early_stopping_returns_the_best_validated_parameters(ds):
     np.testing.assert_allclose(val_loss, min(vals), rtol=1e-10)
 
 
+def test_plateau_schedule_lowers_the_rate_then_stops_at_the_smallest(ds):
+    """The backwards validation set again: every plateau (`patience=1`) first halves the rate
+    (`lr_decay=0.5`) and restarts from the best parameters, twice (`lr_decays=2`); the plateau
+    at the quarter rate stops the run, and only that record says converged. Without the
+    schedule the first plateau stops it."""
+    backwards = dataclasses.replace(ds, val=np.ascontiguousarray(ds.val[:, ::-1]))
+    key = jax.random.key(SEEDS[0])
+    run = {**FIT, "patience": 1, "lr_decay": 0.5, "lr_decays": 2}
+    model, history = m.fit(make_model(nnx.Rngs(key)), backwards, key=key, **run)
+    factors = [r["lr_factor"] for r in history]
+    print("rate factors:", factors)
+    assert history[-1]["step"] < FIT["steps"]
+    assert sorted(set(factors), reverse=True) == [1.0, 0.5, 0.25]
+    assert factors == sorted(factors, reverse=True)  # the rate is only ever lowered
+    assert [r["converged"] for r in history] == [False] * (len(history) - 1) + [True]
+    # each decay and the stop come at an evaluation without improvement
+    vals = [r["val_loss"] for r in history]
+    for k in range(1, len(history)):
+        if factors[k] < factors[k - 1] or k == len(history) - 1:
+            assert vals[k] >= min(vals[:k]), k
+    window = model.window_length(ds.n_train_steps)
+    val_loss = float(model.loss(jnp.asarray(train_mod._windows_of(backwards.val, window))))
+    np.testing.assert_allclose(val_loss, min(vals), rtol=1e-10)
+    # without the schedule, the first plateau is the end
+    _, plain = m.fit(make_model(nnx.Rngs(key)), backwards, key=key, **{**FIT, "patience": 1})
+    assert len(plain) < len(history) and all(r["lr_factor"] == 1.0 for r in plain)
+    # a budget that ends before the smallest rate's plateau has not converged
+    _, short = m.fit(
+        make_model(nnx.Rngs(key)), backwards, key=key, **{**run, "steps": len(plain) * 5}
+    )
+    assert short[-1]["step"] == len(plain) * 5 and not any(r["converged"] for r in short)
+
+
+@pytest.mark.parametrize("default_optimizer", [True, False])
+def test_plateau_factor_scales_every_step(ds, default_optimizer):
+    """The factor multiplies the rate: one chunk at rate 1e-2 with the factor at 0.5 moves
+    the parameters exactly as the rate 5e-3 (same batches, same start), for the default
+    optimizer (Adam on the schedule, the factor a hyperparameter in its state) and for a
+    custom one (plain SGD, the factor on its updates)."""
+    model = make_model(nnx.Rngs(0))
+    model.prepare(ds)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cfg = m.TrainConfig(steps=20, batch_size=8, warmup=1, precision="float64")
+    train = jnp.asarray(ds.train)
+
+    def chunk(rate, factor):
+        if default_optimizer:
+            opt = train_mod._default_optimizer(dataclasses.replace(cfg, lr=rate))
+        else:
+            opt = optax.sgd(rate)
+        run = train_mod._build_chunk(
+            graphdef, opt, cfg, 5, train_mod._model_loss, default_optimizer=default_optimizer
+        )
+        state = {**train_mod._init_state(params, opt), **train_mod._limits(cfg)}
+        state["lr_factor"] = jnp.asarray(factor, state["lr_factor"].dtype)
+        state, _ = run(state, rest, jax.random.key(3), train, 20)
+        return state["params"]
+
+    halved, half_rate, full = chunk(1e-2, 0.5), chunk(5e-3, 1.0), chunk(1e-2, 1.0)
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15), halved, half_rate
+    )
+
+    def moved(p):
+        pairs = zip(jax.tree.leaves(p), jax.tree.leaves(params))
+        return sum(float(jnp.sum((x - y) ** 2)) for x, y in pairs)
+
+    assert moved(full) > 2 * moved(halved)
+
+
 # ------------------------------------------------------------------ ensembles
 def _ensemble(ds, n, strategy, sharded=True):
     keys = [jax.random.key(s) for s in SEEDS[:n]]
@@ -475,6 +545,9 @@ NO_OPT_FIELDS = {k: v for k, v in FIT.items() if k not in ("lr",)}
         ("grad_clip", 0.0),
         ("grad_clip", float("nan")),
         ("warmup", -1),
+        ("lr_decay", 1.0),
+        ("lr_decay", 0.5),  # without patience: no plateau to detect
+        ("lr_decays", -1),
         pytest.param("precision", "float16", marks=pytest.mark.ill_typed),  # a wrong type
     ],
 )
