@@ -853,8 +853,8 @@ def summary_markdown(rows: list[dict]) -> str:
         "nmse normalised per coordinate by the test-set variance; "
         "`energy_drift` only for conservative systems. `converged`: the runs whose kept "
         "parameters come from a training stage that stopped by its rule (the validation rollout "
-        "no longer improving by 1%) before its budget ran out; a row **not converged** measures "
-        "the budget, not the model."
+        "no longer improving by 1% at the stage's final learning rate) before its budget ran "
+        "out; a row **not converged** measures the budget, not the model."
     )
     return "\n".join(lines) + "\n"
 

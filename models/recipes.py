@@ -11,14 +11,17 @@ validated parameters of all of them, so a stage that does not help cannot
 make the model worse. A run has `converged` when the stopping rule of the
 stage whose parameters it keeps fired before that stage's budget ran out
 (patience evaluations without improvement); otherwise its validation loss may
-still be falling and the run is not a result. A stage that runs its whole
-budget by design (`patience=None`, the derivative stage) is judged by the same
-rule at the default patience: converged when its last 4 evaluations brought no
-improvement by more than `min_delta`. (A later stage that stops by its rule
+still be falling and the run is not a result. The default recipes anneal each
+stage on its cosine schedule and then hold the final rate (`Stage.hold`,
+`Recipe.held`), and patience counts only in the hold: a stage converges when
+the smallest rate brings no improvement by more than `min_delta` within its
+patience. A stage that runs its whole budget (`patience=None`, no hold) is
+judged by the same rule at the default patience: converged when its last 4
+evaluations brought no improvement by more than `min_delta`. (A later stage that stops by its rule
 without beating the kept parameters is no evidence for them: it trains another
 objective or window, and the kept stage may have been cut off still improving.)
 
-The default stages anneal on the warm-up-cosine schedule. A stage may instead
+A stage may instead
 use the plateau schedule (`Stage.lr_decay`, `Stage.lr_decays`; see
 `models.TrainConfig`): the rate held, lowered on each plateau, and the plateau
 at the smallest rate stopping it, so that `converged` means lowering the rate
@@ -29,7 +32,8 @@ NeuralODE and LSTM all stopped by its rule, at validation rollouts of 4.9e-4,
 1.7e-3 and 2.5e-4 against 2.5e-4, 3.0e-4 and 2.3e-4 for the cosine recipe,
 whose annealing tail was still improving them: patience counts noisy
 evaluations, and a plateau of 4 of them at 1% ends each rate before the
-slower progress at the next one would show.
+slower progress at the next one would show. The hold after the cosine schedule
+converged them all at 2.4e-4, 2.9e-4 and 2.2e-4 instead.
 
 Why these stages (the anchors):
 
@@ -107,7 +111,12 @@ class Stage:
       stops (None: the stage runs its whole budget); `lr_decay` and
       `lr_decays`: the plateau schedule (`models.TrainConfig`: the rate held,
       lowered by `lr_decay` on each plateau, `lr_decays` times, before the
-      plateau that stops the stage; None: the cosine schedule); `batch_size` and
+      plateau that stops the stage; None: the cosine schedule); `hold`: at most
+      that many steps after the `steps` of the cosine schedule, at its final
+      rate, the only ones in which patience counts (`models.TrainConfig.hold`:
+      the stage converges when patience evaluations at the smallest rate bring
+      no improvement, and is not stopped on the noise of the high rates);
+      `batch_size` and
       `eval_every` override the recipe's;
     - `window_choices`: odd window lengths from which the stage's window is chosen on the
       training data before training (`Recipe.for_data`, by `smoothing_window`: the
@@ -124,6 +133,7 @@ class Stage:
     min_delta: float = 0.01
     lr_decay: float | None = None
     lr_decays: int = 2
+    hold: int = 0
     batch_size: int | None = None
     eval_every: int | None = None
     window_choices: tuple[int, ...] | None = None
@@ -133,6 +143,12 @@ class Stage:
             raise ValueError(f"Stage {self.name!r}: steps must be a positive integer")
         if self.window is not None and self.window < 2:
             raise ValueError(f"Stage {self.name!r}: window must be None or >= 2")
+        if not isinstance(self.hold, int) or self.hold < 0:
+            raise ValueError(
+                f"Stage {self.name!r}: hold must be a non-negative integer, got {self.hold!r}"
+            )
+        if self.hold and self.patience is None:
+            raise ValueError(f"Stage {self.name!r}: a hold needs a patience to count in it")
         if self.window_choices is not None and (
             not self.window_choices
             or any(not isinstance(w, int) or w < 5 or w % 2 == 0 for w in self.window_choices)
@@ -183,11 +199,28 @@ class Recipe:
             raise ValueError("a Recipe needs at least one Stage")
 
     def pilot(self, fraction: float) -> Recipe:
-        """The first stage alone, at `fraction` of its budget (at least one evaluation): the
-        cheap run on which candidate settings are compared."""
+        """The first stage alone, at `fraction` of its budget (at least one evaluation; its
+        `hold` in proportion): the cheap run on which candidate settings are compared."""
         first = self.stages[0]
         steps = max(min(self.eval_every, first.steps), int(first.steps * fraction))
-        return dataclasses.replace(self, stages=(dataclasses.replace(first, steps=steps),))
+        hold = first.hold * steps // first.steps
+        return dataclasses.replace(
+            self, stages=(dataclasses.replace(first, steps=steps, hold=hold),)
+        )
+
+    def held(self, rounds: int = 2) -> Recipe:
+        """The recipe with a hold after every stage's cosine schedule (`Stage.hold`): up to
+        `rounds` times its patience in evaluations at the final rate, in which alone its
+        patience counts, but no longer than the schedule itself where that leaves room for
+        one patience (small test budgets); a stage without patience gets the default (4)."""
+        default = Stage.__dataclass_fields__["patience"].default
+        stages = []
+        for s in self.stages:
+            patience = default if s.patience is None else s.patience
+            every = min(s.eval_every or self.eval_every, s.steps)
+            hold = min(rounds * patience * every, max(s.steps, patience * every))
+            stages.append(dataclasses.replace(s, patience=patience, hold=hold))
+        return dataclasses.replace(self, stages=tuple(stages))
 
     def describe(self) -> dict[str, Any]:
         def name(fn):
@@ -328,7 +361,7 @@ class Recipe:
         for i, stage in enumerate(self.stages):
             window = n_states if stage.window is None else min(stage.window, n_states)
             cfg = TrainConfig(
-                steps=stage.steps,
+                steps=stage.steps + stage.hold,
                 batch_size=stage.batch_size or self.batch_size,
                 lr=self.lr * stage.lr_scale,
                 eval_every=min(stage.eval_every or self.eval_every, stage.steps),
@@ -336,6 +369,7 @@ class Recipe:
                 min_delta=stage.min_delta,
                 lr_decay=stage.lr_decay,
                 lr_decays=stage.lr_decays,
+                hold=stage.hold,
                 precision=precision,
                 window=window,
                 val_context=self.context,
@@ -374,12 +408,14 @@ class Recipe:
 
 
 def _describe_stage(stage: Stage, objective: str | None) -> dict[str, Any]:
-    """A stage's fields as JSON, the objective by name; the plateau schedule's fields only
-    where it is used (so that the descriptions, and the run keys hashed from them, of
+    """A stage's fields as JSON, the objective by name; the plateau schedule's fields and
+    `hold` only where they are used (so that the descriptions, and the run keys hashed from them, of
     cosine-schedule stages are those they had before the plateau schedule existed)."""
     out = dict(dataclasses.asdict(stage), objective=objective)
     if stage.lr_decay is None:
         del out["lr_decay"], out["lr_decays"]
+    if not stage.hold:
+        del out["hold"]
     return out
 
 
@@ -450,9 +486,9 @@ def ode_recipe(
        instead of 9.8). The rule chooses 15 or 13 points on the chains and the
        clocks at 1% noise and 5 on the double pendulum. Skipped with
        `derivative=False` (models whose state is latent). This stage runs its
-       whole budget, keeping its best validated parameters: most of its gain
-       comes as the cosine schedule anneals, and stopping it at a noisy
-       minimum mid-schedule cost the HNN a factor of 40 in interp_nmse.
+       whole cosine schedule, keeping its best validated parameters: most of its
+       gain comes as the schedule anneals, and stopping it at a noisy minimum
+       mid-schedule cost the HNN a factor of 40 in interp_nmse.
     2. trajectory matching on windows of `windows[0]` states (`budget / 20`
        steps), of `windows[1]` (`budget / 80`), then of the whole training
        window (`budget / 40` steps, batches of 4, validated every
@@ -462,8 +498,12 @@ def ode_recipe(
        threw the model out of the derivative stage's optimum and spent the
        stage recovering.
 
-    The trajectory stages stop early on the validation rollout (patience 4, 3 for the last;
-    improvements under 1% do not count)."""
+    Every stage runs its cosine schedule to its end and then holds its final rate
+    (`Recipe.held`: up to twice its patience in evaluations), where alone it stops on the
+    validation rollout (patience 4, 3 for the whole window; improvements under 1% do not
+    count): converged when the smallest rate brings nothing more. Patience counted on the
+    schedule's high rates fired on noise (the HNN's window-40 stage at four times its budget
+    stopped after 125 steps on a worse model), and never in the annealing tail."""
     stages = []
     if derivative:
         stages.append(
@@ -501,7 +541,7 @@ def ode_recipe(
             patience=3,
         )
     )
-    return Recipe(stages=tuple(stages), **recipe_kwargs)
+    return Recipe(stages=tuple(stages), **recipe_kwargs).held()
 
 
 def rollout_recipe(
@@ -516,7 +556,8 @@ def rollout_recipe(
     window costs about as much as sixteen derivative steps of an ODE model), of `windows[1]`
     (`budget / 64`), then of the whole training window (`budget / 80`, 0.3x the learning
     rate, validated every 25 steps), so the free rollout grows from 40 steps to the whole
-    window; every stage stopped on the validation rollout."""
+    window; after each stage's cosine schedule, a hold at its final rate (`Recipe.held`: up
+    to twice its patience in evaluations) in which alone it may stop, converged."""
     ws = [w for w in windows if w < n_train_steps + 1]
     stages = [
         Stage(
@@ -531,7 +572,7 @@ def rollout_recipe(
     # trajectories too short for the shorter windows: the whole window gets the first share
     whole = budget // 80 if stages else budget // 16
     stages.append(Stage("whole window", None, None, max(1, whole), lr_scale=0.3, eval_every=25))
-    return Recipe(stages=tuple(stages), **recipe_kwargs)
+    return Recipe(stages=tuple(stages), **recipe_kwargs).held()
 
 
 class _ClosedFormRecipe(Recipe):

@@ -99,6 +99,12 @@ class TrainConfig:
       the strict sense that lowering the rate brought nothing more; one that
       runs out of `steps` first has not. (With `optimizer=`, the factor scales
       that optimizer's updates.)
+    - `hold`: the last `hold` of the `steps` hold the cosine schedule's final
+      rate `lr / 100` (the decay ends at `steps - hold`), and `patience` counts
+      only evaluations there, from the best validation loss reached by then:
+      the run converges when `patience` evaluations at the smallest rate bring
+      no improvement by more than `min_delta`, and is never stopped on the
+      noise of the high rates before. 0: patience counts everywhere.
     - `precision`: `"float32"` or `"float64"` (needs `jax_enable_x64`): the
       dtype of the parameters and the data during training.
     - `window`: the length of the windows cut from the training trajectories
@@ -127,6 +133,7 @@ class TrainConfig:
     min_delta: float | np.floating = 0.0
     lr_decay: float | np.floating | None = None
     lr_decays: int | np.integer = 2
+    hold: int | np.integer = 0
 
     def __post_init__(self):
         def bad(field, requirement):
@@ -168,6 +175,10 @@ class TrainConfig:
             object.__setattr__(self, "lr_decay", float(self.lr_decay))
         if not _is_int(self.lr_decays) or self.lr_decays < 0:
             bad("lr_decays", "a non-negative integer")
+        if not _is_int(self.hold) or not 0 <= self.hold < self.steps:
+            bad("hold", "an integer in [0, steps)")
+        if self.hold and (self.patience is None or self.lr_decay is not None):
+            bad("hold", "0 without patience or with lr_decay (it holds the cosine's final rate)")
         if self.precision not in ("float32", "float64"):
             bad("precision", "'float32' or 'float64'")
         # plain Python numbers: hashable like the originals, and JSON-serialisable for the
@@ -180,6 +191,7 @@ class TrainConfig:
             ("grad_clip", float),
             ("min_delta", float),
             ("lr_decays", int),
+            ("hold", int),
         ):
             object.__setattr__(self, field, cast(getattr(self, field)))
         for field in ("patience", "warmup", "window", "val_context"):
@@ -324,7 +336,11 @@ def _default_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     (`optax.inject_hyperparams`), so runs that differ only in them share one compiled step.
     Under the plateau schedule (`lr_decay`) the decay never starts (`total = inf`: the rate
     holds at `lr` after the warm-up, and `fit` lowers it on plateaus)."""
-    total = math.inf if config.lr_decay is not None else max(config.steps, config.warmup_steps + 1)
+    total = (
+        math.inf
+        if config.lr_decay is not None
+        else max(config.steps - config.hold, config.warmup_steps + 1)
+    )
     return optax.inject_hyperparams(_adam_on_schedule)(
         lr=config.lr,
         warmup=max(1, config.warmup_steps),
@@ -379,6 +395,7 @@ def _limits(cfg: TrainConfig):
         "patience_val": jnp.asarray(jnp.inf, f),
         "lr_decay": jnp.asarray(cfg.lr_decay if plateau else 1.0, f),
         "max_decays": jnp.asarray(cfg.lr_decays if plateau else 0, jnp.int32),
+        "hold_from": jnp.asarray(cfg.steps - cfg.hold if cfg.hold else 0, jnp.int32),
     }
 
 
@@ -513,11 +530,15 @@ def _build_evaluate(graphdef, has_val: bool, val_context: int | None, loss: Loss
                 lambda a, b: jnp.where(improved, a, b), state["params"], state["best_params"]
             )
             state["best_val"] = jnp.where(improved, val, state["best_val"])
-            # patience counts evaluations without an improvement by more than min_delta
+            # patience counts evaluations without an improvement by more than min_delta (with
+            # a hold, only those in it: before, every improvement moves the reference)
+            counting = evaluate_now & (state["step"] > state["hold_from"])
             significant = improved & (val < state["patience_val"] * (1 - state["min_delta"]))
-            state["patience_val"] = jnp.where(significant, val, state["patience_val"])
+            state["patience_val"] = jnp.where(
+                significant | (improved & ~counting), val, state["patience_val"]
+            )
             state["bad_evals"] = jnp.where(
-                significant, 0, state["bad_evals"] + evaluate_now.astype(jnp.int32)
+                significant, 0, state["bad_evals"] + counting.astype(jnp.int32)
             )
             # a plateau: lower the rate and go on from the best parameters while the plateau
             # schedule allows (never without it: max_decays 0), else stop

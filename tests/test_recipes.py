@@ -368,7 +368,14 @@ def test_recipe_fit_members_equals_each_member_alone(ds):
 def test_every_model_has_a_recipe_of_its_kind():
     ode = m.NeuralODE(6, width=8, depth=1, rngs=nnx.Rngs(0)).recipe(50, budget=1000)
     assert [s.name for s in ode.stages] == ["derivative", "window 10", "window 40", "whole window"]
-    assert ode.stages[0].patience is None and ode.stages[-1].window is None
+    assert ode.stages[-1].window is None
+    # every stage holds its final rate for up to twice its patience, and stops only there
+    for recipe in (ode, m.LSTM(6, hidden=8, rngs=nnx.Rngs(0)).recipe(200, budget=1000)):
+        for s in recipe.stages:
+            every = min(s.eval_every or recipe.eval_every, s.steps)
+            cap = max(s.steps, s.patience * every)
+            assert s.patience and s.hold == min(2 * s.patience * every, cap), s
+            assert s.hold >= s.patience * every  # room for the rule to fire
     lstm = m.LSTM(6, hidden=8, rngs=nnx.Rngs(0)).recipe(200, budget=1000)
     assert [s.name for s in lstm.stages] == ["window 61", "window 121", "whole window"]
     latent = m.OscillatorModel(6, k=2, rngs=nnx.Rngs(0)).recipe(50, budget=1000)

@@ -355,6 +355,27 @@ def test_plateau_schedule_lowers_the_rate_then_stops_at_the_smallest(ds):
     assert short[-1]["step"] == len(plain) * 5 and not any(r["converged"] for r in short)
 
 
+def test_hold_counts_patience_only_at_the_final_rate(ds):
+    """The backwards validation set: with `patience=1` the first evaluation after the best
+    stops a plain run; with `hold=100` of 300 steps nothing stops it on the cosine (the rate
+    is high there) and the first evaluation in the hold, at the final rate, does. The decay
+    ends where the hold begins, and the rate is `lr / 100` throughout it."""
+    backwards = dataclasses.replace(ds, val=np.ascontiguousarray(ds.val[:, ::-1]))
+    key = jax.random.key(SEEDS[0])
+    run = {**FIT, "patience": 1}
+    _, plain = m.fit(make_model(nnx.Rngs(key)), backwards, key=key, **run)
+    _, held = m.fit(make_model(nnx.Rngs(key)), backwards, key=key, **{**run, "hold": 100})
+    assert plain[-1]["step"] < 200
+    hold_from = FIT["steps"] - 100
+    assert held[-1]["step"] == hold_from + FIT["eval_every"] and held[-1]["converged"]
+    assert not any(r["converged"] or r["bad_evals"] for r in held[:-1])
+    cfg = m.TrainConfig(steps=300, lr=1e-2, hold=100, patience=1)
+    total = float(train_mod._default_optimizer(cfg).init({}).hyperparams["total"])
+    assert total == hold_from
+    rates = [float(train_mod._schedule(c, 1e-2, cfg.warmup_steps, total)) for c in (200, 250, 300)]
+    np.testing.assert_allclose(rates, 1e-4, rtol=1e-12)
+
+
 @pytest.mark.parametrize("default_optimizer", [True, False])
 def test_plateau_factor_scales_every_step(ds, default_optimizer):
     """The factor multiplies the rate: one chunk at rate 1e-2 with the factor at 0.5 moves
@@ -548,6 +569,8 @@ NO_OPT_FIELDS = {k: v for k, v in FIT.items() if k not in ("lr",)}
         ("lr_decay", 1.0),
         ("lr_decay", 0.5),  # without patience: no plateau to detect
         ("lr_decays", -1),
+        ("hold", 10),  # the whole budget
+        ("hold", 5),  # without patience: nothing to count in it
         pytest.param("precision", "float16", marks=pytest.mark.ill_typed),  # a wrong type
     ],
 )
