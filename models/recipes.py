@@ -217,10 +217,15 @@ class Recipe:
         stages = []
         for s in self.stages:
             patience = default if s.patience is None else s.patience
-            every = min(s.eval_every or self.eval_every, s.steps)
+            every = self._eval_every(s)
             hold = min(rounds * patience * every, max(s.steps, patience * every))
             stages.append(dataclasses.replace(s, patience=patience, hold=hold))
         return dataclasses.replace(self, stages=tuple(stages))
+
+    def _eval_every(self, stage: Stage) -> int:
+        """The steps between a stage's validations (its own, else the recipe's; at most its
+        budget): what its patience, and so its hold, is counted in."""
+        return min(stage.eval_every or self.eval_every, stage.steps)
 
     def describe(self) -> dict[str, Any]:
         def name(fn):
@@ -364,7 +369,7 @@ class Recipe:
                 steps=stage.steps + stage.hold,
                 batch_size=stage.batch_size or self.batch_size,
                 lr=self.lr * stage.lr_scale,
-                eval_every=min(stage.eval_every or self.eval_every, stage.steps),
+                eval_every=self._eval_every(stage),
                 patience=stage.patience,
                 min_delta=stage.min_delta,
                 lr_decay=stage.lr_decay,
