@@ -10,6 +10,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -379,6 +380,16 @@ def test_attribution_on_an_empty_directory_trains_what_it_needs_or_fails_loudly(
     assert not (tmp_path / "none" / "attribution.csv").exists()
 
 
+def _has_checkpoint(ckpt: Path) -> bool:
+    """Whether a finished checkpoint step (`final/stage<i>/state/<n>`) is on disk. Orbax writes a
+    step into a temporary directory and renames it, so a directory seen while walking the tree
+    may be gone a moment later: that reads as "not yet"."""
+    try:
+        return any(p.name.isdigit() for p in ckpt.glob("final/stage*/state/*"))
+    except FileNotFoundError:
+        return False
+
+
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     cache = tmp_path / "cache"
     ref, out = tmp_path / "ref", tmp_path / "killed"
@@ -425,7 +436,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
     first = Output(out).run_file(first_key, "result.json")
     deadline = time.time() + SUBPROCESS_TIMEOUT
     while time.time() < deadline and proc.poll() is None:
-        if first.exists() and any(p.name.isdigit() for p in ckpt.glob("**/state/*")):
+        if first.exists() and _has_checkpoint(ckpt):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
