@@ -453,7 +453,7 @@ def cli(command: type, argv=None, *, default_preset: str = "quick", description:
                 Annotated[
                     str,
                     tyro.conf.arg(
-                        help="tiny, quick, full, or package.module:NAME "
+                        help=f"{', '.join(PRESETS)}, or package.module:NAME "
                         "(a Preset object of your own)"
                     ),
                 ],
