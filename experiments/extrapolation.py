@@ -225,10 +225,11 @@ def load_model(
     system = spec.build()
     key, _ = RunKey.of(spec, system, mspec, preset, seed=seed, n_train=n_train)
     path = output.run_file(key, "model.npz")
-    stored = output.stored_result(key, log=lambda *_: None)
+    stored = output.stored_result(key, discard_stale=False)  # a reader deletes nothing
     if stored is None or not path.exists():
         raise FileNotFoundError(
-            f"no trained model of {key.describe()} under the current configuration at {path}"
+            f"no trained model of {key.describe()} under the current configuration at {path} "
+            "(a run stored there under another configuration is left as it is)"
         )
     ds = load_or_make_dataset(
         spec, preset, seed=seed, n_train=n_train, output=output, system=system

@@ -154,11 +154,20 @@ class Output:
         """Every stored `result.json` (for readers that redraw without a preset)."""
         return sorted((self.root / "runs").glob("*/*/n*/seed*/result.json"))
 
-    def stored_result(self, key: RunKey, config: dict | None = None, *, log=print) -> dict | None:
+    def stored_result(
+        self, key: RunKey, config: dict | None = None, *, log=print, discard_stale: bool = True
+    ) -> dict | None:
         """The finished result of `key`, or None. A result stored under another configuration
-        is stale: its directory is cleared (checkpoints included) and the log says why (which
-        settings changed, where `config`, the current configuration, is given)."""
+        is stale: with `discard_stale` (what a run that is about to recompute it wants) its
+        directory is cleared (checkpoints included) and the log says why (which settings
+        changed, where `config`, the current configuration, is given); without it (a reader
+        such as `experiments.extrapolation.load_model`) nothing is touched."""
         path = self.run_file(key, "result.json")
+        stored = _stored_hash(path) if path.exists() else None
+        if stored == key.config_hash:
+            return json.loads(path.read_text())
+        if not discard_stale:
+            return None
         if not path.exists():
             cfg = self.run_file(key, "config.json")
             if cfg.exists() and _stored_hash(cfg) != key.config_hash:
@@ -168,9 +177,6 @@ class Output:
                 )
                 shutil.rmtree(self.run_dir(key), ignore_errors=True)
             return None
-        stored = _stored_hash(path)
-        if stored == key.config_hash:
-            return json.loads(path.read_text())
         changed = _changed(self.run_file(key, "config.json"), config)
         log(
             f"[runs] {key.describe()}: the stored result has config hash {stored}, the current "

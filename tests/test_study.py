@@ -193,6 +193,33 @@ def test_rerun_reuses_only_an_unchanged_configuration(tmp_path, capsys):
     assert row3["config_hash"] not in (row["config_hash"], row2["config_hash"])
 
 
+def test_loading_a_model_under_another_configuration_deletes_nothing(tmp_path):
+    """`load_model` only reads: asked for a configuration that is not the stored one it raises
+    `FileNotFoundError` and leaves the finished run in place (before, it cleared the run's
+    directory as a stale result, losing finished work to a read)."""
+    out = Output(tmp_path)
+    preset = _tiny(models=(OSCILLATORS_N,), steps=20, eval_every=10)
+    spec = preset.systems[0]
+    (row,) = extrapolation.run(preset, out, progress=False)
+    key, _ = RunKey.of(spec, spec.build(), OSCILLATORS_N, preset, seed=0, n_train=8)
+    files = sorted(p.name for p in out.run_dir(key).iterdir())
+    assert {"result.json", "model.npz"} <= set(files)
+    with pytest.raises(FileNotFoundError, match="another configuration is left as it is"):
+        extrapolation.load_model(
+            spec,
+            OSCILLATORS_N,
+            dataclasses.replace(preset, steps=30),
+            seed=0,
+            n_train=8,
+            output=out,
+        )
+    assert sorted(p.name for p in out.run_dir(key).iterdir()) == files
+    model, _, loaded_key = extrapolation.load_model(
+        spec, OSCILLATORS_N, preset, seed=0, n_train=8, output=out
+    )
+    assert loaded_key.config_hash == row["config_hash"]
+
+
 class _ShortRecipeNODE(models.NeuralODE):
     """A user's model whose recipe is its own: the parent's, with one stage's budget cut."""
 
