@@ -241,14 +241,15 @@ def _bench_simulate(args: argparse.Namespace) -> dict:
             "speedup_of_simulate_dopri8_per_round": ratios["dopri8"],
         }
 
-    if jax.default_backend() == "gpu":
-        big = args.gpu_batch
+    big = args.large_batch or (args.gpu_batch if jax.default_backend() == "gpu" else None)
+    if big:
         yb = system.sample_initial_states(jax.random.key(args.seed + 1), big)
         t0 = time.perf_counter()
         run_jax(yb)
         big_compile = time.perf_counter() - t0
         big_times = _time(lambda: run_jax(yb), max(3, args.repeats // 2))
-        result["gpu_large_batch"] = {
+        result["large_batch"] = {
+            "backend": jax.default_backend(),
             "batch": big,
             "compile_s": big_compile,
             **_summary(big_times),
@@ -288,9 +289,9 @@ def _print_simulate(res: dict) -> None:
         f"compile (excluded above): Tsit5 {res['simulate']['compile_s']:.2f} s, "
         f"Dopri8 {res['simulate_dopri8']['compile_s']:.2f} s"
     )
-    if "gpu_large_batch" in res:
-        g = res["gpu_large_batch"]
-        print(f"GPU, batch {g['batch']}: {g['trajectories_per_s']:.0f} trajectories/s")
+    if "large_batch" in res:
+        g = res["large_batch"]
+        print(f"{g['backend']}, batch {g['batch']}: {g['trajectories_per_s']:.0f} trajectories/s")
 
 
 def _print_generic(name: str, res: dict, prefix: str = "") -> None:
@@ -302,8 +303,24 @@ def _print_generic(name: str, res: dict, prefix: str = "") -> None:
             _print_generic(name, v, prefix=f"{prefix}{k}.")
         elif isinstance(v, float):
             print(f"{prefix}{k}: {v:.4g}")
+        elif isinstance(v, list) and all(isinstance(r, dict) for r in v):
+            for i, r in enumerate(v):
+                _print_generic(name, r, prefix=f"{prefix}{k}[{i}].")
         elif not isinstance(v, list):
             print(f"{prefix}{k}: {v}")
+
+
+def _lstm_sizes(args: argparse.Namespace) -> dict:
+    return dict(zip(("hidden", "batch", "seq", "channels"), args.lstm_sizes))
+
+
+def _scaling_members(args: argparse.Namespace) -> tuple[int, ...]:
+    """`--members`, or 1 to 1,024 members on a GPU and 1 to 8 on a CPU."""
+    if args.members:
+        return tuple(args.members)
+    if jax.default_backend() == "gpu":
+        return (1, 8, 64, 256, 1024)
+    return (1, 2, 4, 8)
 
 
 #: name -> (run, print) for each section. A new section is a function `run(args) -> dict`
@@ -311,8 +328,26 @@ def _print_generic(name: str, res: dict, prefix: str = "") -> None:
 #: e.g. `SECTIONS["lstm_step"] = (lambda args: _bench_models.lstm_step(), None)`.
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict], Callable[[dict], None] | None]] = {
     "simulate": (bench_simulate, _print_simulate),
-    "lstm_step": (lambda args: _bench_models.lstm_step(repeats=max(args.repeats, 10)), None),
-    "lstm_ensemble": (lambda args: _bench_models.lstm_ensemble(repeats=args.repeats), None),
+    "lstm_step": (
+        lambda args: _bench_models.lstm_step(**_lstm_sizes(args), repeats=max(args.repeats, 10)),
+        None,
+    ),
+    "lstm_step_heap_reuse": (
+        lambda args: _bench_models.lstm_step_heap_reuse(
+            **_lstm_sizes(args), repeats=max(args.repeats, 10)
+        ),
+        None,
+    ),
+    "lstm_ensemble": (
+        lambda args: _bench_models.lstm_ensemble(**_lstm_sizes(args), repeats=args.repeats),
+        None,
+    ),
+    "lstm_ensemble_scaling": (
+        lambda args: _bench_models.lstm_ensemble_scaling(
+            **_lstm_sizes(args), members=_scaling_members(args), repeats=min(args.repeats, 3)
+        ),
+        None,
+    ),
     "hnn_ensemble": (lambda args: _bench_models.hnn_ensemble(), None),
     "ig_memory": (lambda args: _bench_models.ig_memory(), None),
     "study": (lambda args: _bench_models.study_wall_time(), None),
@@ -358,6 +393,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--repeats", type=int, default=7, help="timed rounds (each times every contender once)"
     )
     ap.add_argument("--gpu-batch", type=int, default=65_536, help="large batch timed on a GPU")
+    ap.add_argument(
+        "--large-batch",
+        type=int,
+        default=None,
+        help="time simulate's large batch at this size on any backend (default: --gpu-batch, "
+        "on a GPU only)",
+    )
+    ap.add_argument(
+        "--lstm-sizes",
+        type=int,
+        nargs=4,
+        default=(128, 64, 200, 8),
+        metavar=("HIDDEN", "BATCH", "SEQ", "CHANNELS"),
+        help="sizes of the LSTM sections",
+    )
+    ap.add_argument(
+        "--members",
+        type=int,
+        nargs="+",
+        default=None,
+        help="ensemble sizes of lstm_ensemble_scaling (default: 1 to 1,024 on a GPU, 1 to 8 on a "
+        "CPU)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--pin-cpu",
