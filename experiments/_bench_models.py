@@ -148,9 +148,7 @@ def _torch_or_none():
     return torch
 
 
-def lstm_step(
-    *, hidden=128, batch=64, seq=200, channels=8, repeats=20, steps_per_call=10
-) -> dict:
+def lstm_step(*, hidden=128, batch=64, seq=200, channels=8, repeats=20, steps_per_call=10) -> dict:
     """One LSTM training step against `torch.nn.LSTM` of the same sizes (oneDNN on the CPU,
     cuDNN where JAX runs on a GPU).
 
@@ -273,9 +271,9 @@ def lstm_ensemble(
     if torch is not None:
         out["torch_seconds_all_members_in_turn"] = t["torch"]
         out["throughput_ratio_vs_torch"] = t["torch"] / t["jax"]
-        out["throughput_ratio_fit_chunk_vs_torch"] = t["torch"] / out[
-            "jax_fit_chunk_seconds_all_members"
-        ]
+        out["throughput_ratio_fit_chunk_vs_torch"] = (
+            t["torch"] / out["jax_fit_chunk_seconds_all_members"]
+        )
     return out
 
 

@@ -19,7 +19,18 @@ per initial state with a vectorised NumPy right-hand side (the fastest way to
 use it; the same field, checked against `system.vector_field`), with RK45 (the
 same order as Tsit5) and DOP853; it is timed on a subset of the states and
 reported per trajectory. Both sides report their step counts, so the speed-up
-can be read as work per step times number of steps.
+can be read as work per step times number of steps. On a GPU (or with
+`--large-batch N` anywhere) it also times one large batch.
+
+**The learners' sections** (`experiments._bench_models`): `lstm_step` (one
+LSTM training step through `model(batch)`, through `jax.vmap(model)` and as
+`fit` runs it, several steps per call, against `torch.nn.LSTM`: oneDNN on the
+CPU, cuDNN where JAX runs on a GPU), `lstm_step_heap_reuse` (the same in a
+process whose glibc keeps freed memory), `lstm_ensemble` (8 LSTMs at once
+against 8 torch steps in turn), `lstm_ensemble_scaling` (throughput as the
+number of members grows, to 1,024 on a GPU), `hnn_ensemble`, `ig_memory` and
+`study` (the quick study's wall time). Without torch installed, the LSTM
+sections report JAX alone.
 """
 
 from __future__ import annotations
