@@ -236,7 +236,11 @@ def lstm_step_heap_reuse(*, hidden=128, batch=64, seq=200, channels=8, repeats=2
         cmd = [sys.executable, "-m", "experiments.benchmarks", "--sections", "lstm_step"]
         cmd += ["--out", tmp, "--repeats", str(repeats)]
         cmd += ["--lstm-sizes", *map(str, (hidden, batch, seq, channels))]
-        subprocess.run(cmd, check=True, env={**os.environ, **HEAP_REUSE_ENV}, capture_output=True)
+        proc = subprocess.run(
+            cmd, env={**os.environ, **HEAP_REUSE_ENV}, capture_output=True, text=True
+        )
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
         res = json.loads((Path(tmp) / "benchmarks.json").read_text())["sections"]["lstm_step"]
     res.pop("environment", None)
     # the variables are glibc's: elsewhere they change nothing and this repeats `lstm_step`
@@ -281,7 +285,8 @@ def lstm_ensemble_scaling(
     *, members=(1, 2, 4, 8), hidden=128, batch=64, seq=200, channels=8, repeats=3
 ) -> dict:
     """Throughput of `m` LSTMs trained at once (vmap over stacked parameters) as `m` grows:
-    member-steps per second, and that throughput relative to one member's. On a GPU the
+    member-steps per second, and that throughput relative to one member's (where the list
+    starts at one). On a GPU the
     default list runs to 1,024 members; a size that does not fit in the device's memory is
     recorded as such and ends the list."""
     rows = []
@@ -302,7 +307,7 @@ def lstm_ensemble_scaling(
                 "compile_seconds": compile_s,
             }
         )
-    base = rows[0].get("member_steps_per_second")
+    base = rows[0].get("member_steps_per_second") if rows[0]["members"] == 1 else None
     for r in rows:
         if base and "member_steps_per_second" in r:
             r["throughput_vs_one_member"] = r["member_steps_per_second"] / base

@@ -80,10 +80,12 @@ def test_ensemble_scaling_rows_and_out_of_memory(monkeypatch):
         _bench_models.lstm_ensemble_scaling(members=(1,), **TINY, repeats=1)
 
 
-def test_heap_reuse_reruns_the_step_in_a_process_with_the_malloc_settings(tmp_path):
+def test_heap_reuse_reruns_the_step_in_a_process_with_the_malloc_settings():
     res = _bench_models.lstm_step_heap_reuse(**TINY, repeats=1)
     assert res["malloc_env"] == _bench_models.HEAP_REUSE_ENV
     assert res["sizes"] == TINY and res["jax_step_seconds"] > 0
+    with pytest.raises(RuntimeError, match="hidden and layers must be >= 1"):  # the child's error
+        _bench_models.lstm_step_heap_reuse(**{**TINY, "hidden": 0}, repeats=1)
 
 
 def test_simulate_section_with_a_large_batch_on_the_cpu():
