@@ -163,9 +163,10 @@ class Output:
         changed, where `config`, the current configuration, is given); without it (a reader
         such as `experiments.extrapolation.load_model`) nothing is touched."""
         path = self.run_file(key, "result.json")
-        stored = _stored_hash(path) if path.exists() else None
+        row = _read_json(path) if path.exists() else None
+        stored = None if row is None else row.get("config_hash")
         if stored == key.config_hash:
-            return json.loads(path.read_text())
+            return row
         if not discard_stale:
             return None
         if not path.exists():
@@ -186,11 +187,17 @@ class Output:
         return None
 
 
-def _stored_hash(path: Path) -> str | None:
+def _read_json(path: Path):
+    """The parsed contents of `path`, or None where it cannot be read or parsed."""
     try:
-        return json.loads(path.read_text()).get("config_hash")
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _stored_hash(path: Path) -> str | None:
+    row = _read_json(path)
+    return None if row is None else row.get("config_hash")
 
 
 def _flatten(d, prefix=""):
